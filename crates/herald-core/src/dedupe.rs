@@ -1,0 +1,1 @@
+//! Idempotent consumers: the dedupe store contract.

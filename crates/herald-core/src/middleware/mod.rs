@@ -1,0 +1,1 @@
+//! Middleware: see the module docs.
