@@ -481,7 +481,10 @@ impl StreamState {
             }
             let p = &t.partitions[pi];
             let take = |gp: &mut GroupPartition, off: u64, buf: &mut VecDeque<Delivery>| {
-                let Some(m) = p.log.get((off - p.base) as usize) else {
+                let Some(m) = off
+                    .checked_sub(p.base)
+                    .and_then(|i| p.log.get(i as usize))
+                else {
                     return;
                 };
                 let n = gp.deliveries.entry(off).or_insert(0);
@@ -514,6 +517,8 @@ impl StreamState {
                     i += 1;
                 }
             }
+            // Acks from a previous owner may have moved the commit past `next`.
+            gp.next = gp.next.max(gp.committed);
             while room > 0 && gp.next < p.end() {
                 let off = gp.next;
                 gp.next += 1;
