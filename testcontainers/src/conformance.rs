@@ -152,7 +152,11 @@ pub async fn roundtrip_preserves_id_key_headers(f: &dyn TransportFactory) {
     assert_eq!(got.content_type(), sent.content_type());
     assert_eq!(got.correlation_id(), sent.correlation_id());
     let multi: Vec<_> = got.headers.get_all("x-multi").cloned().collect();
-    assert_eq!(multi, [Bytes::from("a"), Bytes::from("b")], "multi-valued header in order");
+    assert_eq!(
+        multi,
+        [Bytes::from("a"), Bytes::from("b")],
+        "multi-valued header in order"
+    );
     assert_eq!(
         got.headers.get("x-binary").map(|b| b.to_vec()),
         Some(vec![0u8, 159, 146, 150]),
@@ -178,7 +182,10 @@ pub async fn per_key_order(f: &dyn TransportFactory) {
     }
     let total = batch.len();
     for chunk in batch.chunks(50) {
-        publisher.publish(&topic, chunk.to_vec()).await.expect("publish");
+        publisher
+            .publish(&topic, chunk.to_vec())
+            .await
+            .expect("publish");
     }
     let mut sub = subscribe(f, &topic, &unique("g")).await;
     let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
@@ -187,7 +194,9 @@ pub async fn per_key_order(f: &dyn TransportFactory) {
         let s = String::from_utf8(d.message.payload.to_vec()).expect("utf8");
         let (k, i) = s.split_once(':').expect("k:i");
         assert_eq!(d.message.key_str(), Some(k));
-        seen.entry(k.to_owned()).or_default().push(i.parse().expect("num"));
+        seen.entry(k.to_owned())
+            .or_default()
+            .push(i.parse().expect("num"));
         d.ack().await.expect("ack");
     }
     for k in keys {
@@ -215,7 +224,10 @@ pub async fn nack_redelivers_with_next_attempt(f: &dyn TransportFactory) {
     let waited = nacked_at.elapsed();
     assert_eq!(d.message.id, id, "same message");
     assert_eq!(d.attempt, 2, "attempt counts the redelivery");
-    assert!(waited >= delay, "redelivered after {waited:?}, before the {delay:?} delay");
+    assert!(
+        waited >= delay,
+        "redelivered after {waited:?}, before the {delay:?} delay"
+    );
     d.ack().await.expect("ack");
     sub.close().await.expect("close");
 }
@@ -245,15 +257,25 @@ pub async fn ack_survives_consumer_restart(f: &dyn TransportFactory) {
     let feats = f.features();
     let (topic, publisher) = setup(f, "conf-restart").await;
     let group = unique("g");
-    let msgs: Vec<_> = (0..10).map(|i| Message::new(format!("m{i}")).with_key("k")).collect();
+    let msgs: Vec<_> = (0..10)
+        .map(|i| Message::new(format!("m{i}")).with_key("k"))
+        .collect();
     publisher.publish(&topic, msgs).await.expect("publish");
     let mut sub = subscribe(f, &topic, &group).await;
     for _ in 0..10 {
-        next_delivery(&mut sub, &feats, "first run").await.ack().await.expect("ack");
+        next_delivery(&mut sub, &feats, "first run")
+            .await
+            .ack()
+            .await
+            .expect("ack");
     }
     sub.close().await.expect("close");
     let first = first_after_restart(f, &publisher, &topic, &group).await;
-    assert_eq!(&first[..], b"sentinel", "an acked message was delivered again");
+    assert_eq!(
+        &first[..],
+        b"sentinel",
+        "an acked message was delivered again"
+    );
 }
 
 /// Two members of one group split the messages; together they get every one.
@@ -331,7 +353,9 @@ pub async fn fan_out_to_two_groups(f: &dyn TransportFactory) {
     let (topic, publisher) = setup(f, "conf-fanout").await;
     let mut a = subscribe(f, &topic, &unique("ga")).await;
     let mut b = subscribe(f, &topic, &unique("gb")).await;
-    let msgs: Vec<_> = (0..20).map(|i| Message::new(format!("m{i}")).with_key(format!("k{i}"))).collect();
+    let msgs: Vec<_> = (0..20)
+        .map(|i| Message::new(format!("m{i}")).with_key(format!("k{i}")))
+        .collect();
     let ids: HashSet<_> = msgs.iter().map(|m| m.id.clone()).collect();
     publisher.publish(&topic, msgs).await.expect("publish");
     for sub in [&mut a, &mut b] {
@@ -368,16 +392,26 @@ pub async fn graceful_shutdown_acknowledges_finished(f: &dyn TransportFactory) {
         )
         .drain_timeout(Duration::from_secs(10));
     let running = router.start(f.subscriber().await);
-    let msgs: Vec<_> = (0..50).map(|i| Message::new(format!("m{i}")).with_key(format!("k{}", i % 7))).collect();
+    let msgs: Vec<_> = (0..50)
+        .map(|i| Message::new(format!("m{i}")).with_key(format!("k{}", i % 7)))
+        .collect();
     publisher.publish(&topic, msgs).await.expect("publish");
     let deadline = Instant::now() + feats.receive_timeout;
     while handled.lock().expect("lock").len() < 50 {
-        assert!(Instant::now() < deadline, "router handled only {} of 50", handled.lock().expect("lock").len());
+        assert!(
+            Instant::now() < deadline,
+            "router handled only {} of 50",
+            handled.lock().expect("lock").len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running.shutdown().await.expect("shutdown");
     let first = first_after_restart(f, &publisher, &topic, &group).await;
-    assert_eq!(&first[..], b"sentinel", "handled work was delivered again after a graceful shutdown");
+    assert_eq!(
+        &first[..],
+        b"sentinel",
+        "handled work was delivered again after a graceful shutdown"
+    );
 }
 
 /// An empty payload and a 1 MiB one (or the transport's largest) arrive intact.

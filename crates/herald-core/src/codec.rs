@@ -89,13 +89,20 @@ pub trait Codec: Send + Sync + 'static {
     fn content_type(&self) -> &str;
 
     /// Encodes an event.
-    fn encode<E: Event>(&self, event: &E) -> impl Future<Output = Result<Bytes, CodecError>> + Send;
+    fn encode<E: Event>(&self, event: &E)
+    -> impl Future<Output = Result<Bytes, CodecError>> + Send;
 
     /// Decodes an event.
-    fn decode<E: Event>(&self, payload: &Bytes) -> impl Future<Output = Result<E, CodecError>> + Send;
+    fn decode<E: Event>(
+        &self,
+        payload: &Bytes,
+    ) -> impl Future<Output = Result<E, CodecError>> + Send;
 
     /// A message holding `event`, with `ce-type`, `content-type` and `ce-time` set.
-    fn to_message<E: Event>(&self, event: &E) -> impl Future<Output = Result<Message, CodecError>> + Send {
+    fn to_message<E: Event>(
+        &self,
+        event: &E,
+    ) -> impl Future<Output = Result<Message, CodecError>> + Send {
         async move {
             let payload = self.encode(event).await?;
             let mut m = Message::new(payload)
@@ -117,14 +124,20 @@ impl Codec for JsonCodec {
         "application/json"
     }
 
-    fn encode<E: Event>(&self, event: &E) -> impl Future<Output = Result<Bytes, CodecError>> + Send {
+    fn encode<E: Event>(
+        &self,
+        event: &E,
+    ) -> impl Future<Output = Result<Bytes, CodecError>> + Send {
         let r = serde_json::to_vec(event)
             .map(Bytes::from)
             .map_err(|e| CodecError::new(CodecErrorKind::Encode, E::TYPE).with_source(e));
         std::future::ready(r)
     }
 
-    fn decode<E: Event>(&self, payload: &Bytes) -> impl Future<Output = Result<E, CodecError>> + Send {
+    fn decode<E: Event>(
+        &self,
+        payload: &Bytes,
+    ) -> impl Future<Output = Result<E, CodecError>> + Send {
         let r = serde_json::from_slice(payload).map_err(|e| {
             let kind = if e.is_data() {
                 CodecErrorKind::SchemaMismatch
@@ -158,11 +171,18 @@ mod tests {
         assert!(m.ce_time().is_some());
         let p: Ping = JsonCodec.decode(&m.payload).await.unwrap();
         assert_eq!(p, Ping { n: 7 });
-        let bad = JsonCodec.decode::<Ping>(&Bytes::from_static(b"\xff{")).await;
+        let bad = JsonCodec
+            .decode::<Ping>(&Bytes::from_static(b"\xff{"))
+            .await;
         assert_eq!(bad.unwrap_err().kind(), CodecErrorKind::Malformed);
-        let wrong = JsonCodec.decode::<Ping>(&Bytes::from_static(b"{\"n\":\"x\"}")).await;
+        let wrong = JsonCodec
+            .decode::<Ping>(&Bytes::from_static(b"{\"n\":\"x\"}"))
+            .await;
         let err = wrong.unwrap_err();
         assert_eq!(err.kind(), CodecErrorKind::SchemaMismatch);
-        assert_eq!(HandlerError::from(err).class(), crate::ErrorClass::Permanent);
+        assert_eq!(
+            HandlerError::from(err).class(),
+            crate::ErrorClass::Permanent
+        );
     }
 }

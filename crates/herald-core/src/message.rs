@@ -205,7 +205,10 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("id", &self.id)
-            .field("key", &self.key.as_ref().map(|k| String::from_utf8_lossy(k)))
+            .field(
+                "key",
+                &self.key.as_ref().map(|k| String::from_utf8_lossy(k)),
+            )
             .field("headers", &self.headers)
             .field("payload_len", &self.payload.len())
             .finish()

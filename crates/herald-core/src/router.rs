@@ -42,7 +42,11 @@ pub struct RouteConfig {
 
 impl RouteConfig {
     /// A route named `name` for `group` on `topic`, concurrency 1.
-    pub fn new(name: impl Into<String>, topic: impl Into<String>, group: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        topic: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
         Self {
             name: name.into(),
             topic: topic.into(),
@@ -193,7 +197,11 @@ impl Router {
     }
 
     /// Runs every route until `shutdown` resolves, then drains.
-    pub async fn run<S>(self, subscriber: S, shutdown: impl Future<Output = ()> + Send) -> Result<(), RouterError>
+    pub async fn run<S>(
+        self,
+        subscriber: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), RouterError>
     where
         S: Subscriber + Clone + 'static,
     {

@@ -323,11 +323,15 @@ impl Stream for Subscription {
 /// ```
 pub trait Subscriber: Send + Sync {
     /// Joins `spec.group` on `spec.topic`.
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription, SubscribeError>>;
+    fn subscribe(&self, spec: SubscribeSpec)
+    -> BoxFuture<'_, Result<Subscription, SubscribeError>>;
 }
 
 impl<S: Subscriber + ?Sized> Subscriber for Arc<S> {
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription, SubscribeError>> {
+    fn subscribe(
+        &self,
+        spec: SubscribeSpec,
+    ) -> BoxFuture<'_, Result<Subscription, SubscribeError>> {
         (**self).subscribe(spec)
     }
 }

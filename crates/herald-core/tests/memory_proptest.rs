@@ -58,9 +58,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut acked: HashMap<String, u32> = HashMap::new();
         let mut seq = 0u32;
         let mut ids = HashMap::new();
-        let mut note = |d: &Delivery, first_seen: &mut HashMap<u8, Vec<u32>>| {
+        let note = |d: &Delivery, first_seen: &mut HashMap<u8, Vec<u32>>| {
             let key = d.message.key.as_ref().expect("key")[0];
-            let n: u32 = std::str::from_utf8(&d.message.payload).expect("utf8").parse().expect("num");
+            let n: u32 = std::str::from_utf8(&d.message.payload)
+                .expect("utf8")
+                .parse()
+                .expect("num");
             let v = first_seen.entry(key).or_default();
             if !v.contains(&n) {
                 v.push(n);
@@ -88,7 +91,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         continue;
                     }
                     let mut i = i as usize % all;
-                    let c = if i < held[0].len() { 0 } else { i -= held[0].len(); 1 };
+                    let c = if i < held[0].len() {
+                        0
+                    } else {
+                        i -= held[0].len();
+                        1
+                    };
                     let d = held[c].remove(i);
                     if matches!(op, Op::Ack(_)) {
                         *acked.entry(d.message.id.clone()).or_default() += 1;
@@ -124,7 +132,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(broker.lag("t", "g"), 0);
         for (k, want) in &published {
-            prop_assert_eq!(first_seen.get(k), Some(want), "first-delivery order of key {}", k);
+            prop_assert_eq!(
+                first_seen.get(k),
+                Some(want),
+                "first-delivery order of key {}",
+                k
+            );
         }
         Ok(())
     })

@@ -57,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             customer: format!("c-{}", i % 2),
             total_cents: 1000 + i * 250,
         };
-        let msg = JsonCodec.to_message(&ev).await?.with_key(ev.order_id.clone());
+        let msg = JsonCodec
+            .to_message(&ev)
+            .await?
+            .with_key(ev.order_id.clone());
         broker.publish("orders", vec![msg]).await?;
         println!("published OrderCreated order={}", ev.order_id);
     }

@@ -322,7 +322,10 @@ impl Publisher for MemoryBroker {
 }
 
 impl Subscriber for MemoryBroker {
-    fn subscribe(&self, spec: SubscribeSpec) -> BoxFuture<'_, Result<Subscription, SubscribeError>> {
+    fn subscribe(
+        &self,
+        spec: SubscribeSpec,
+    ) -> BoxFuture<'_, Result<Subscription, SubscribeError>> {
         Box::pin(async move {
             if spec.topic.is_empty() || spec.group.is_empty() {
                 return Err(SubscribeError::new(
@@ -335,7 +338,8 @@ impl Subscriber for MemoryBroker {
                 st.next_member += 1;
                 let id = st.next_member;
                 let t = self.inner.topic(&mut st, &spec.topic);
-                let ends: Vec<(u64, u64)> = t.partitions.iter().map(|p| (p.base, p.end())).collect();
+                let ends: Vec<(u64, u64)> =
+                    t.partitions.iter().map(|p| (p.base, p.end())).collect();
                 let g = t.groups.entry(spec.group.clone()).or_insert_with(|| Group {
                     members: Vec::new(),
                     parts: ends
@@ -465,7 +469,10 @@ impl StreamState {
             .topics
             .get_mut(&h.topic)
             .ok_or_else(|| closed("topic gone"))?;
-        let g = t.groups.get_mut(&h.group).ok_or_else(|| closed("group gone"))?;
+        let g = t
+            .groups
+            .get_mut(&h.group)
+            .ok_or_else(|| closed("group gone"))?;
         let me = g
             .members
             .iter_mut()
@@ -481,10 +488,7 @@ impl StreamState {
             }
             let p = &t.partitions[pi];
             let take = |gp: &mut GroupPartition, off: u64, buf: &mut VecDeque<Delivery>| {
-                let Some(m) = off
-                    .checked_sub(p.base)
-                    .and_then(|i| p.log.get(i as usize))
-                else {
+                let Some(m) = off.checked_sub(p.base).and_then(|i| p.log.get(i as usize)) else {
                     return;
                 };
                 let n = gp.deliveries.entry(off).or_insert(0);
