@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use herald_core::codec::{CodecError, CodecErrorKind};
+use herald_core::{CodecError, CodecErrorKind};
 
 use crate::compat::Violation;
 
@@ -134,9 +134,9 @@ impl From<Error> for CodecError {
     fn from(e: Error) -> Self {
         let kind = match e.kind {
             ErrorKind::WrongMagicByte | ErrorKind::TruncatedHeader => CodecErrorKind::Malformed,
-            ErrorKind::UnknownSchemaId | ErrorKind::UnknownSubject | ErrorKind::UnknownEventType => {
-                CodecErrorKind::UnknownSchema
-            }
+            ErrorKind::UnknownSchemaId
+            | ErrorKind::UnknownSubject
+            | ErrorKind::UnknownEventType => CodecErrorKind::UnknownSchema,
             ErrorKind::InvalidDatum | ErrorKind::Incompatible | ErrorKind::InvalidSchema => {
                 CodecErrorKind::SchemaMismatch
             }

@@ -1,12 +1,12 @@
 //! [`ParsedSchema`]: an Avro schema parsed once, with its named types resolved.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
-use apache_avro::schema::{
-    DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, RecordSchema, ResolvedOwnedSchema,
-    UuidSchema,
-};
 pub use apache_avro::Schema;
+use apache_avro::schema::{
+    DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, Names, NamesRef,
+    RecordSchema, ResolvedSchema, UnionSchema, UuidSchema,
+};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -14,7 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// normalized form that identifies it (two texts that differ only in whitespace or key order
 /// normalize alike; a changed default or alias does not).
 pub struct ParsedSchema {
-    resolved: ResolvedOwnedSchema,
+    schema: Schema,
+    names: Names,
     text: String,
     normalized: String,
     fingerprint: u64,
@@ -34,26 +35,72 @@ impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self> {
         let schema = Schema::parse_str(text)
             .map_err(|e| Error::avro(ErrorKind::InvalidSchema, "parsing schema", e))?;
+        Self::build(schema, Some(text))
+    }
+
+    /// Wraps an already parsed schema; its text is the normalized form.
+    pub fn from_schema(schema: Schema) -> Result<Self> {
+        Self::build(schema, None)
+    }
+
+    fn build(schema: Schema, text: Option<&str>) -> Result<Self> {
         let normalized = serde_json::to_string(&schema)
             .map_err(|e| Error::new(ErrorKind::InvalidSchema, e.to_string()))?;
-        let resolved = ResolvedOwnedSchema::new(schema)
-            .map_err(|e| Error::avro(ErrorKind::InvalidSchema, "resolving names", e))?;
+        let names = ResolvedSchema::new(&schema)
+            .map_err(|e| Error::avro(ErrorKind::InvalidSchema, "resolving names", e))?
+            .get_names()
+            .iter()
+            .map(|(n, s)| (n.clone(), (*s).clone()))
+            .collect();
         Ok(Self {
-            resolved,
+            schema,
+            names,
             fingerprint: fnv1a(normalized.as_bytes()),
+            text: text.map_or_else(|| normalized.clone(), str::to_owned),
             normalized,
-            text: text.to_owned(),
         })
+    }
+
+    /// The writer's schema with its record fields renamed after the reader's field
+    /// aliases (Avro's `applyAliases`), so resolution by name finds them; `None` when
+    /// nothing needs renaming. Records pair up as in the compatibility rules: equal
+    /// unqualified names, or the writer's name among the reader's aliases.
+    pub(crate) fn with_reader_aliases(&self, reader: &ParsedSchema) -> Result<Option<Self>> {
+        let mut by_name: HashMap<&str, &RecordSchema> = HashMap::new();
+        for s in reader.names().values() {
+            if let Schema::Record(r) = s {
+                if r.fields.iter().all(|f| f.aliases.is_empty()) {
+                    continue;
+                }
+                let aliases = r.aliases.iter().flatten().map(|a| a.name());
+                for n in std::iter::once(r.name.name()).chain(aliases) {
+                    by_name.insert(n, r);
+                }
+            }
+        }
+        if by_name.is_empty() {
+            return Ok(None);
+        }
+        let mut schema = self.schema().clone();
+        if !rename_fields(&mut schema, &by_name)? {
+            return Ok(None);
+        }
+        Self::from_schema(schema).map(Some)
     }
 
     /// The schema tree.
     pub fn schema(&self) -> &Schema {
-        self.resolved.get_root_schema()
+        &self.schema
     }
 
     /// Its named types (records, enums, fixed), by full name.
-    pub fn names(&self) -> &NamesRef<'_> {
-        self.resolved.get_names()
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Its named types as `apache-avro`'s writer wants them.
+    pub(crate) fn names_ref(&self) -> NamesRef<'_> {
+        self.names.iter().map(|(n, s)| (n.clone(), s)).collect()
     }
 
     /// The text it was parsed from.
@@ -75,11 +122,6 @@ impl ParsedSchema {
     pub fn full_name(&self) -> Option<String> {
         self.schema().name().map(|n| n.to_string())
     }
-
-    /// Follows a named reference to its definition.
-    pub(crate) fn deref<'a>(&'a self, s: &'a Schema) -> &'a Schema {
-        deref(self.names(), s)
-    }
 }
 
 impl fmt::Debug for ParsedSchema {
@@ -98,9 +140,60 @@ impl std::str::FromStr for ParsedSchema {
     }
 }
 
+/// Renames writer record fields after reader field aliases; returns whether any changed.
+fn rename_fields(s: &mut Schema, readers: &HashMap<&str, &RecordSchema>) -> Result<bool> {
+    Ok(match s {
+        Schema::Record(w) => {
+            let mut changed = false;
+            if let Some(r) = readers.get(w.name.name()) {
+                for rf in &r.fields {
+                    if w.fields.iter().any(|f| f.name == rf.name) {
+                        continue;
+                    }
+                    if let Some(wf) = w.fields.iter_mut().find(|f| rf.aliases.contains(&f.name)) {
+                        wf.name.clone_from(&rf.name);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    w.lookup = w
+                        .fields
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(i, f)| {
+                            std::iter::once(&f.name)
+                                .chain(&f.aliases)
+                                .map(move |n| (n.clone(), i))
+                        })
+                        .collect();
+                }
+            }
+            for f in &mut w.fields {
+                changed |= rename_fields(&mut f.schema, readers)?;
+            }
+            changed
+        }
+        Schema::Array(a) => rename_fields(&mut a.items, readers)?,
+        Schema::Map(m) => rename_fields(&mut m.types, readers)?,
+        Schema::Union(u) => {
+            let mut variants = u.variants().to_vec();
+            let mut changed = false;
+            for v in &mut variants {
+                changed |= rename_fields(v, readers)?;
+            }
+            if changed {
+                *u = UnionSchema::new(variants)
+                    .map_err(|e| Error::avro(ErrorKind::InvalidSchema, "rebuilding a union", e))?;
+            }
+            changed
+        }
+        _ => false,
+    })
+}
+
 /// Follows `Schema::Ref`s through `names` (unknown names stay as they are: the parser
 /// already rejected them).
-pub(crate) fn deref<'a>(names: &NamesRef<'a>, mut s: &'a Schema) -> &'a Schema {
+pub(crate) fn deref<'a>(names: &'a Names, mut s: &'a Schema) -> &'a Schema {
     while let Schema::Ref { name } = s {
         match names.get(name) {
             Some(t) => s = t,
@@ -133,7 +226,7 @@ pub(crate) enum Shape<'a> {
 }
 
 impl<'a> Shape<'a> {
-    pub(crate) fn of(names: &NamesRef<'a>, s: &'a Schema) -> Self {
+    pub(crate) fn of(names: &'a Names, s: &'a Schema) -> Self {
         match deref(names, s) {
             Schema::Null => Self::Null,
             Schema::Boolean => Self::Boolean,
