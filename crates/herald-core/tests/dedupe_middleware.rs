@@ -134,8 +134,12 @@ fn inbound(msg: &Message) -> Inbound {
 fn counting(
     calls: Arc<AtomicU32>,
     result: Result<(), HandlerError>,
-) -> impl tower::Service<Inbound, Response = (), Error = HandlerError, Future = BoxFuture<'static, Result<(), HandlerError>>>
-+ Clone {
+) -> impl tower::Service<
+    Inbound,
+    Response = (),
+    Error = HandlerError,
+    Future = BoxFuture<'static, Result<(), HandlerError>>,
+> + Clone {
     handler_fn(move |_: Inbound| {
         calls.fetch_add(1, Ordering::SeqCst);
         let r = result.clone();
@@ -153,10 +157,18 @@ async fn new_claim_runs_then_completes_and_a_repeat_is_acked_without_running() {
     let key = format!("billing:{}", msg.id);
     assert_eq!(store.state(&key), Some(Slot::Done));
     svc.oneshot(inbound(&msg)).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the duplicate must not run the handler");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the duplicate must not run the handler"
+    );
     assert_eq!(
         store.calls(),
-        [format!("begin {key}"), format!("complete {key}"), format!("begin {key}")]
+        [
+            format!("begin {key}"),
+            format!("complete {key}"),
+            format!("begin {key}")
+        ]
     );
     assert_eq!(*store.leases.lock().unwrap(), [Duration::from_secs(30); 2]);
 }
@@ -187,7 +199,11 @@ async fn store_down_never_acks_and_never_runs_the_handler() {
     let svc = DedupeLayer::new(store.clone())
         .unavailable_delay(Duration::from_secs(7))
         .layer(counting(calls.clone(), Ok(())));
-    let e = svc.clone().oneshot(inbound(&Message::new("x"))).await.unwrap_err();
+    let e = svc
+        .clone()
+        .oneshot(inbound(&Message::new("x")))
+        .await
+        .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient);
     assert_eq!(e.redelivery(), Some(Duration::from_secs(7)));
     let source = std::error::Error::source(&e).expect("the store error is the source");
@@ -225,8 +241,10 @@ async fn failed_complete_is_transient_with_redelivery() {
 async fn handler_error_abandons_the_claim_and_passes_through() {
     let store = Arc::new(Scripted::default());
     let calls = Arc::new(AtomicU32::new(0));
-    let svc = DedupeLayer::new(store.clone())
-        .layer(counting(calls.clone(), Err(HandlerError::permanent("bad payload"))));
+    let svc = DedupeLayer::new(store.clone()).layer(counting(
+        calls.clone(),
+        Err(HandlerError::permanent("bad payload")),
+    ));
     let msg = Message::new("x");
     let key = format!("billing:{}", msg.id);
     let e = svc.clone().oneshot(inbound(&msg)).await.unwrap_err();
@@ -243,8 +261,11 @@ async fn handler_error_abandons_the_claim_and_passes_through() {
 async fn custom_key_and_missing_key_policies() {
     let store = Arc::new(Scripted::default());
     let calls = Arc::new(AtomicU32::new(0));
-    let layer = DedupeLayer::new(store.clone())
-        .key_fn(|i: &Inbound| i.message.header("idempotency-key").map(|k| format!("pay:{k}")));
+    let layer = DedupeLayer::new(store.clone()).key_fn(|i: &Inbound| {
+        i.message
+            .header("idempotency-key")
+            .map(|k| format!("pay:{k}"))
+    });
     let svc = layer.clone().layer(counting(calls.clone(), Ok(())));
     // Two different messages with one business key: handled once.
     for _ in 0..2 {
@@ -260,7 +281,10 @@ async fn custom_key_and_missing_key_policies() {
     let strict = layer
         .missing_key(MissingKey::Reject)
         .layer(counting(calls.clone(), Ok(())));
-    let e = strict.oneshot(inbound(&Message::new("z"))).await.unwrap_err();
+    let e = strict
+        .oneshot(inbound(&Message::new("z")))
+        .await
+        .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Permanent);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -284,13 +308,20 @@ async fn a_dropped_handler_releases_its_claim() {
     task.abort();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while store.state(&key).is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "the claim was not released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim was not released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(store.calls().contains(&format!("abandon {key}")));
 }
 
-fn counter(snapshot: &[(metrics_util::CompositeKey, DebugValue)], name: &str, labels: &[(&str, &str)]) -> u64 {
+fn counter(
+    snapshot: &[(metrics_util::CompositeKey, DebugValue)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> u64 {
     snapshot
         .iter()
         .filter(|(k, _)| k.key().name() == name)
@@ -311,7 +342,10 @@ fn metrics_count_claims_duplicates_in_progress_and_expiries() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let store = Arc::new(Scripted::default());
             let calls = Arc::new(AtomicU32::new(0));
@@ -320,10 +354,15 @@ fn metrics_count_claims_duplicates_in_progress_and_expiries() {
             svc.clone().oneshot(inbound(&a)).await.unwrap(); // claim
             svc.clone().oneshot(inbound(&a)).await.unwrap(); // duplicate
             let b = Message::new("b");
-            let _held = store.begin(&format!("billing:{}", b.id), Duration::from_secs(9)).await;
+            let _held = store
+                .begin(&format!("billing:{}", b.id), Duration::from_secs(9))
+                .await;
             let _ = svc.clone().oneshot(inbound(&b)).await; // in progress
             store.takeover.store(true, Ordering::SeqCst);
-            svc.clone().oneshot(inbound(&Message::new("c"))).await.unwrap(); // claim, taken over
+            svc.clone()
+                .oneshot(inbound(&Message::new("c")))
+                .await
+                .unwrap(); // claim, taken over
             store.takeover.store(false, Ordering::SeqCst);
             store.complete_fails.store(true, Ordering::SeqCst);
             let _ = svc.clone().oneshot(inbound(&Message::new("d"))).await; // claim, lease lost
@@ -337,11 +376,35 @@ fn metrics_count_claims_duplicates_in_progress_and_expiries() {
     assert_eq!(counter(&snap, metric_names::CLAIMS, &h), 3);
     assert_eq!(counter(&snap, metric_names::DUPLICATES, &h), 1);
     assert_eq!(counter(&snap, metric_names::IN_PROGRESS, &h), 1);
-    assert_eq!(counter(&snap, metric_names::LEASE_EXPIRIES, &[("handler", "billing-handler"), ("seen_by", "taker")]), 1);
-    assert_eq!(counter(&snap, metric_names::LEASE_EXPIRIES, &[("handler", "billing-handler"), ("seen_by", "holder")]), 1);
-    assert_eq!(counter(&snap, metric_names::STORE_ERRORS, &[("op", "begin")]), 1);
-    assert_eq!(counter(&snap, metric_names::STORE_ERRORS, &[("op", "complete")]), 1);
-    assert_eq!(counter(&snap, "herald_dedupe_claims_total", &h), 3, "the documented name");
+    assert_eq!(
+        counter(
+            &snap,
+            metric_names::LEASE_EXPIRIES,
+            &[("handler", "billing-handler"), ("seen_by", "taker")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &snap,
+            metric_names::LEASE_EXPIRIES,
+            &[("handler", "billing-handler"), ("seen_by", "holder")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(&snap, metric_names::STORE_ERRORS, &[("op", "begin")]),
+        1
+    );
+    assert_eq!(
+        counter(&snap, metric_names::STORE_ERRORS, &[("op", "complete")]),
+        1
+    );
+    assert_eq!(
+        counter(&snap, "herald_dedupe_claims_total", &h),
+        3,
+        "the documented name"
+    );
 }
 
 #[test]
