@@ -69,6 +69,8 @@ pub mod handler;
 pub mod memory;
 pub mod message;
 pub mod middleware;
+pub mod propagation;
+pub mod retry_topics;
 pub mod router;
 pub mod transport;
 

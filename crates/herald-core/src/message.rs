@@ -323,9 +323,8 @@ impl Message {
         let corr = cause.correlation_id().unwrap_or(&cause.id).to_owned();
         self.set_correlation_id(corr);
         self.set_causation_id(cause.id.clone());
-        if let Some(tp) = cause.traceparent() {
-            self.set_traceparent(tp.to_owned());
-        }
+        // No `traceparent` copy: the publish span injects the current context, which is
+        // the handler's span, so the follow-on message is its child.
         self
     }
 

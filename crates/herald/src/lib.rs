@@ -55,6 +55,7 @@
 //! | `redis` | the Redis dedupe store | no |
 //! | `postgres` | the PostgreSQL dedupe store and inbox | no |
 //! | `patterns` | event bus, saga, CQRS, outbox, [`patterns`] | no |
+//! | `otel` | OpenTelemetry propagation and consumer-lag readers, [`otel`] | no |
 //! | `full` | all of the above | no |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,6 +77,10 @@ pub use herald_avro as avro;
 #[cfg(feature = "dedupe")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dedupe")))]
 pub use herald_dedupe as dedupe;
+
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub use herald_otel as otel;
 
 #[cfg(feature = "patterns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "patterns")))]

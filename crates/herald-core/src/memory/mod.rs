@@ -5,7 +5,7 @@
 //!   keyless messages go round-robin;
 //! * a consumer group's members split the partitions between them (competing consumers);
 //!   every group gets every message (fan-out); a new group starts at the oldest retained
-//!   message unless it asks for [`StartFrom::Latest`](crate::StartFrom::Latest);
+//!   message unless it asks for [`StartFrom::Latest`];
 //! * delivery is at-least-once: an unacknowledged or nacked message comes back — a nack
 //!   after its delay, a dropped subscription's messages to the members that take over its
 //!   partitions, with the attempt number counting every delivery;

@@ -5,9 +5,11 @@ pub mod catch_panic;
 pub mod dead_letter;
 pub mod dedupe;
 pub mod from_fn;
+pub mod metrics;
 pub mod retry;
 pub mod stack;
 pub mod timeout;
+pub mod trace;
 
 mod attempts;
 
