@@ -7,10 +7,10 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, future::join_all};
+use futures::StreamExt;
 use tokio::{
     sync::{mpsc, watch},
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
 };
 use tower::{ServiceExt, util::BoxCloneSyncService};
 use tower_service::Service;
@@ -227,25 +227,25 @@ impl Router {
         let drain = self.drain_timeout;
         let stop2 = stop.clone();
         let join = tokio::spawn(async move {
-            let tasks: Vec<_> = self
-                .routes
-                .into_iter()
-                .map(|route| {
-                    let sub = subscriber.clone();
-                    let stop_rx = stop_rx.clone();
-                    let stop = stop2.clone();
-                    tokio::spawn(async move {
-                        let r = run_route(route, sub, stop_rx, drain).await;
-                        if r.is_err() {
-                            // One route failing for good stops the others.
-                            stop.send_replace(true);
-                        }
-                        r
-                    })
-                })
-                .collect();
+            // Route tasks live in a JoinSet owned by this task: aborting it (see
+            // `Running::abort`) drops the set, which aborts every route and, through their
+            // own sets, every lane.
+            let mut routes = JoinSet::new();
+            for route in self.routes {
+                let sub = subscriber.clone();
+                let stop_rx = stop_rx.clone();
+                let stop = stop2.clone();
+                routes.spawn(async move {
+                    let r = run_route(route, sub, stop_rx, drain).await;
+                    if r.is_err() {
+                        // One route failing for good stops the others.
+                        stop.send_replace(true);
+                    }
+                    r
+                });
+            }
             let mut first_err = Ok(());
-            for r in join_all(tasks).await {
+            while let Some(r) = routes.join_next().await {
                 if let Ok(Err(e)) = r
                     && first_err.is_ok()
                 {
@@ -286,9 +286,9 @@ impl Running {
         }
     }
 
-    /// Stops at once without draining: in-flight deliveries are dropped (and so
-    /// redelivered) and subscriptions are not closed — what a crash looks like to the
-    /// broker. For tests.
+    /// Stops at once without draining: every route and lane task is aborted, in-flight
+    /// deliveries are dropped (and so redelivered) and subscriptions are dropped without
+    /// `close` — what a crash looks like to the broker. For tests.
     pub fn abort(mut self) {
         if let Some(j) = self.join.take() {
             j.abort();
@@ -340,17 +340,17 @@ async fn run_route<S: Subscriber>(
             source,
         })?;
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<HandlerError>(1);
-    let mut lanes = Vec::with_capacity(cfg.concurrency);
+    let mut lanes = JoinSet::new();
     let mut senders = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
         let (tx, rx) = mpsc::channel::<Delivery>(1);
         senders.push(tx);
-        lanes.push(tokio::spawn(lane(
+        lanes.spawn(lane(
             rx,
             route.handler.clone(),
             info.clone(),
             fatal_tx.clone(),
-        )));
+        ));
     }
     drop(fatal_tx);
     let mut rr = 0usize;
@@ -385,8 +385,8 @@ async fn run_route<S: Subscriber>(
         }
     }
     drop(senders);
-    let mut all = join_all(lanes);
-    if tokio::time::timeout(drain, &mut all).await.is_err() {
+    let drained = async { while lanes.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!(route = %cfg.name, "drain deadline passed; abandoning in-flight deliveries");
     }
     if let Err(e) = sub.close().await {
