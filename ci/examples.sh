@@ -22,7 +22,7 @@ run() { cargo run --quiet --locked -p herald-examples --bin "$@"; }
 
 check quickstart '^quickstart: 5 published, 5 handled$' run quickstart
 if [ -f examples/src/bin/order_saga.rs ]; then
-  check order-saga-memory 'completed' run order-saga
-  check order-saga-kafka 'completed' run order-saga -- --transport kafka
-  check order-saga-nats 'completed' run order-saga -- --transport nats
+  check order-saga-memory '^OK: the read model matches' run order-saga
+  check order-saga-kafka '^OK: the read model matches' run order-saga -- --transport kafka
+  check order-saga-nats '^OK: the read model matches' run order-saga -- --transport nats
 fi
