@@ -6,6 +6,9 @@
 //! herald schema register --registry URL --subject S FILE
 //! herald schema diff OLD.avsc NEW.avsc
 //! herald lint schemas/
+//! herald dlq list    --transport kafka|nats TOPIC [--format text|json]
+//! herald dlq inspect --transport kafka|nats TOPIC [--id ID]… [--limit N] [--format text|json] [--schemas DIR]
+//! herald dlq replay  --transport kafka|nats TOPIC [--to TOPIC] [--id ID]… [--error-contains S] [--since T] [--rate N/s] [--dry-run]
 //! ```
 //!
 //! Exit codes, the same for every subcommand: `0` success, `100` findings (incompatible
@@ -16,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dlq;
 mod lint;
 mod schema;
 
@@ -34,7 +38,10 @@ enum Command {
     Schema(schema::SchemaCommand),
     /// Check that event names are specific, past-tense facts.
     Lint(lint::LintArgs),
-    // New subcommands (e.g. `dlq`) go here, each dispatching to its own module.
+    /// Dead-letter topics on Kafka and NATS: list, inspect, replay.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    // New subcommands go here, each dispatching to its own module.
 }
 
 /// How findings are printed.
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Schema(cmd) => schema::run(cmd),
         Command::Lint(args) => lint::run(&args),
+        Command::Dlq(cmd) => dlq::run(cmd),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
