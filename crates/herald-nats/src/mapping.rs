@@ -310,6 +310,18 @@ pub fn outbound(topic: &str, message: Message) -> Result<Outbound, PublishError>
             "message id {id:?} is empty or not header-safe text"
         )));
     }
+    // The duplicate-window id. A dead-letter or retry-topic publish is a new event about
+    // the same message (it may legitimately happen again after a replay, inside the
+    // window), so its id includes the hop's timestamp; plain republishes keep the bare id
+    // and are dropped by the server.
+    let window_id = match (
+        headers.get_str(herald_core::message::names::DLQ_FAILED_AT),
+        headers.get_str(herald_core::retry_topics::headers::DUE_AT),
+    ) {
+        (Some(at), _) => format!("{id}:dlq:{at}"),
+        (None, Some(due)) => format!("{id}:retry:{due}"),
+        (None, None) => id.clone(),
+    };
     let subject = subject(topic, key.as_deref());
     let mut map = HeaderMap::new();
     for (name, value) in headers.iter() {
@@ -329,7 +341,7 @@ pub fn outbound(topic: &str, message: Message) -> Result<Outbound, PublishError>
             HeaderValue::from(encode_value(k).into_owned()),
         );
     }
-    map.insert(NATS_MESSAGE_ID, HeaderValue::from(id.clone()));
+    map.insert(NATS_MESSAGE_ID, HeaderValue::from(window_id));
     map.insert(CE_ID.clone(), HeaderValue::from(id));
     map.insert(CE_SPECVERSION.clone(), HeaderValue::from(SPECVERSION));
     Ok(Outbound {
@@ -392,6 +404,24 @@ pub fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn window_id(m: Message) -> String {
+        let out = outbound("orders", m).expect("outbound");
+        out.headers
+            .get(NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned())
+            .expect("msg id")
+    }
+
+    #[test]
+    fn dead_letter_and_retry_hops_get_their_own_duplicate_window_id() {
+        let m = Message::with_id("id-1", "x");
+        assert_eq!(window_id(m.clone()), "id-1");
+        let dlq = m.clone().with_header("herald-failed-at", "2026-11-27T13:00:00Z");
+        assert_eq!(window_id(dlq), "id-1:dlq:2026-11-27T13:00:00Z");
+        let retry = m.with_header("herald-due-at", "1764248400000");
+        assert_eq!(window_id(retry), "id-1:retry:1764248400000");
+    }
 
     #[test]
     fn topic_validation() {
