@@ -94,8 +94,7 @@ async fn relay_throughput() {
         .spawn();
     wait_drained(&pool, &outbox, Duration::from_secs(300)).await;
     let took = started.elapsed();
-    let stats = relay.stats();
-    relay.shutdown().await;
+    let stats = relay.shutdown().await;
     assert_eq!(stats.published, ROWS);
     println!(
         "throughput (one relay, batch 500, memory transport): {ROWS} rows in {took:?} = {:.0} rows/s",

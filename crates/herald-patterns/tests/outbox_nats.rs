@@ -545,8 +545,7 @@ async fn latency_and_throughput_through_nats() {
     let relay = Relay::new(outbox.clone(), pool.clone(), Arc::new(broker.publisher())).spawn();
     wait_drained(&pool, &outbox, Duration::from_secs(300)).await;
     let took = started.elapsed();
-    let stats = relay.stats();
-    relay.shutdown().await;
+    let stats = relay.shutdown().await;
     assert_eq!(stats.published, ROWS);
     println!(
         "throughput (one relay, batch 500, NATS JetStream PubAcks): {ROWS} rows in {took:?} = {:.0} rows/s",

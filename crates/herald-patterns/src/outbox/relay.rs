@@ -829,17 +829,19 @@ impl std::fmt::Debug for RelayHandle {
 
 impl RelayHandle {
     /// Lets the round in progress finish (publish, mark, commit), then stops the relay
-    /// and its listener.
+    /// and its listener. Returns what the relay did, final (a round counts only after it
+    /// committed, so [`stats`](Self::stats) read while it runs may lag the table).
     ///
     /// # Panics
     /// Re-raises a panic of the relay task.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> RelayStats {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await
             && e.is_panic()
         {
             std::panic::resume_unwind(e.into_panic());
         }
+        self.counters.snapshot()
     }
 
     /// Starts a round now (e.g. right after a commit when not listening).

@@ -294,8 +294,7 @@ pub async fn committed_only(
     let received = started.elapsed();
     wait_drained(&pool, &outbox, Duration::from_secs(30)).await;
     drain(&mut sub, &mut seen, Duration::from_millis(500)).await;
-    let stats = relay.stats();
-    relay.shutdown().await;
+    let stats = relay.shutdown().await;
     sub.close().await.expect("close");
 
     assert!(
