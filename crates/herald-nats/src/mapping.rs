@@ -417,7 +417,9 @@ mod tests {
     fn dead_letter_and_retry_hops_get_their_own_duplicate_window_id() {
         let m = Message::with_id("id-1", "x");
         assert_eq!(window_id(m.clone()), "id-1");
-        let dlq = m.clone().with_header("herald-failed-at", "2026-11-27T13:00:00Z");
+        let dlq = m
+            .clone()
+            .with_header("herald-failed-at", "2026-11-27T13:00:00Z");
         assert_eq!(window_id(dlq), "id-1:dlq:2026-11-27T13:00:00Z");
         let retry = m.with_header("herald-due-at", "1764248400000");
         assert_eq!(window_id(retry), "id-1:retry:1764248400000");

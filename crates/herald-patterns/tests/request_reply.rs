@@ -33,17 +33,25 @@ impl Event for Price {
 
 async fn run(kind: Kind) {
     let prefix = herald_testkit::unique(&format!("rr-{kind:?}").to_lowercase());
-    let (requests, replies, void) = (format!("{prefix}-quotes"), format!("{prefix}-replies"), format!("{prefix}-void"));
+    let (requests, replies, void) = (
+        format!("{prefix}-quotes"),
+        format!("{prefix}-replies"),
+        format!("{prefix}-void"),
+    );
     let tr = transport(kind, &[requests.clone(), replies.clone(), void.clone()]).await;
     let pricing = Router::new()
         .route_with(
             RouteConfig::new("pricing", &requests, format!("{prefix}-pricing")).concurrency(8),
-            responder(JsonCodec, tr.publisher.clone(), |q: Quote, _: Inbound| async move {
-                Ok(Price {
-                    cents: u64::from(q.qty) * 125,
-                    sku: q.sku,
-                })
-            }),
+            responder(
+                JsonCodec,
+                tr.publisher.clone(),
+                |q: Quote, _: Inbound| async move {
+                    Ok(Price {
+                        cents: u64::from(q.qty) * 125,
+                        sku: q.sku,
+                    })
+                },
+            ),
         )
         .start(tr.subscriber.clone());
     let started = std::time::Instant::now();
