@@ -1,1 +1,2 @@
+//! Placeholder for the throughput harness.
 fn main() {}
