@@ -23,7 +23,7 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --lib --no-deps --locked
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

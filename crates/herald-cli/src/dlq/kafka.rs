@@ -1,4 +1,4 @@
-//! The Kafka side of `herald dlq`: read with [`kafka_read`](super::kafka_read), republish
+//! The Kafka side of `herald dlq`: read with [`super::kafka_read`], republish
 //! with herald-kafka's publisher, and mark entries replayed by committing the replay
 //! group's offset (plus the offsets replayed beyond it, in the commit's metadata).
 
