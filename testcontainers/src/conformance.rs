@@ -1,7 +1,7 @@
 //! The transport conformance suite: what every [`Publisher`]/[`Subscriber`] must do.
 //!
-//! An adapter provides a [`TransportFactory`] and expands [`conformance_tests!`]
-//! (crate::conformance_tests) in its tests; each case is one `#[tokio::test]`. Cases that
+//! An adapter provides a [`TransportFactory`] and expands
+//! [`conformance_tests!`](crate::conformance_tests!) in its tests; each case is one `#[tokio::test]`. Cases that
 //! do not apply to a transport (see [`Features`]) pass with a printed reason.
 //!
 //! The cases: roundtrip with key, headers and id preserved; per-key order; nack →
