@@ -314,12 +314,19 @@ pub fn outbound(topic: &str, message: Message) -> Result<Outbound, PublishError>
     // the same message (it may legitimately happen again after a replay, inside the
     // window), so its id includes the hop's timestamp; plain republishes keep the bare id
     // and are dropped by the server.
+    // Only the token-safe characters of the hop's timestamp are used: these headers may
+    // come from outside and a CR/LF must not reach the header map.
+    let stamp = |v: &str| -> String {
+        v.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '+' | '_'))
+            .collect()
+    };
     let window_id = match (
         headers.get_str(herald_core::message::names::DLQ_FAILED_AT),
         headers.get_str(herald_core::retry_topics::headers::DUE_AT),
     ) {
-        (Some(at), _) => format!("{id}:dlq:{at}"),
-        (None, Some(due)) => format!("{id}:retry:{due}"),
+        (Some(at), _) => format!("{id}:dlq:{}", stamp(at)),
+        (None, Some(due)) => format!("{id}:retry:{}", stamp(due)),
         (None, None) => id.clone(),
     };
     let subject = subject(topic, key.as_deref());
@@ -421,8 +428,10 @@ mod tests {
             .clone()
             .with_header("herald-failed-at", "2026-11-27T13:00:00Z");
         assert_eq!(window_id(dlq), "id-1:dlq:2026-11-27T13:00:00Z");
-        let retry = m.with_header("herald-due-at", "1764248400000");
+        let retry = m.clone().with_header("herald-due-at", "1764248400000");
         assert_eq!(window_id(retry), "id-1:retry:1764248400000");
+        let hostile = m.with_header("herald-failed-at", "2026\r\nX-Evil: 1");
+        assert_eq!(window_id(hostile), "id-1:dlq:2026X-Evil:1");
     }
 
     #[test]
