@@ -708,14 +708,23 @@ impl<M: ReadModel, C: Codec> Projector<M, C> {
         }
     }
 
-    /// One route per topic.
+    /// One route per topic, each in its own consumer group `<group>.<topic>` when the
+    /// projection reads several topics: on Kafka one group spanning several topics
+    /// rebalances every member whenever any of them joins or leaves, which stalls a
+    /// resuming projector for no benefit (each topic's position is independent anyway).
     pub fn router(&self) -> Router {
         let mut router = Router::new();
+        let several = self.table.len() > 1;
         for topic in self.table.keys() {
+            let group = if several {
+                format!("{}.{topic}", self.group)
+            } else {
+                self.group.clone()
+            };
             let info = RouteInfo {
                 handler: format!("projection.{}", self.projection.name),
                 topic: topic.clone(),
-                group: self.group.clone(),
+                group,
             };
             let me = self.clone();
             let mut h = BoxHandler::new(handler_fn(move |inbound: Inbound| {
