@@ -87,6 +87,18 @@ impl OrderView {
     }
 
     /// Whether the order reached an end.
+    /// Whether every event of the order's end has been applied: a completed order has
+    /// its shipment, a cancelled one its released stock. Events of different topics reach
+    /// the projection in no particular order, so `is_final` alone can come early.
+    pub fn is_settled(&self) -> bool {
+        match self.status() {
+            OrderStatus::Completed => self.tracking.is_some(),
+            OrderStatus::Cancelled => self.released || !self.reserved,
+            _ => false,
+        }
+    }
+
+    /// Whether the order reached an end state.
     pub fn is_final(&self) -> bool {
         matches!(
             self.status(),

@@ -196,7 +196,7 @@ pub async fn run(
         let pj = pj.clone();
         async move {
             let all = pj.all().await.ok()?;
-            (all.len() >= n && all.values().filter(|v| v.is_final()).count() >= n).then_some(all)
+            (all.len() >= n && all.values().filter(|v| v.is_settled()).count() >= n).then_some(all)
         }
     })
     .await;
@@ -247,19 +247,27 @@ pub async fn run(
             cents % 100
         ));
     }
-    let mut stock = Vec::new();
-    for (sku, _) in CATALOG {
-        let level: StockLevel = requester
-            .request_event(
-                &JsonCodec,
-                &t.inventory_query,
-                &GetStock { sku: sku.into() },
-                Duration::from_secs(30),
-            )
-            .await?;
-        stock.push(level);
-    }
-
+    // The inventory settles reservations as shipments reach it: ask until nothing is
+    // reserved any more (or the timeout), then judge what it says.
+    let stock_deadline = tokio::time::Instant::now() + cfg.timeout;
+    let stock = loop {
+        let mut stock = Vec::new();
+        for (sku, _) in CATALOG {
+            let level: StockLevel = requester
+                .request_event(
+                    &JsonCodec,
+                    &t.inventory_query,
+                    &GetStock { sku: sku.into() },
+                    Duration::from_secs(30),
+                )
+                .await?;
+            stock.push(level);
+        }
+        if stock.iter().all(|l| l.reserved == 0) || tokio::time::Instant::now() > stock_deadline {
+            break stock;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // Every order against its expected outcome.
     let mut sold: HashMap<String, i64> = HashMap::new();
     for num in 1..=cfg.orders {
