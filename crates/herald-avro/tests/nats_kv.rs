@@ -1,24 +1,13 @@
 //! The NATS KV registry against a real NATS server with JetStream.
 //!
-//! The server comes from `HERALD_NATS_URL`; when unset, `nats://127.0.0.1:4222` is used
-//! outside CI and the tests fail in CI (`CI=true`). Each test uses its own bucket.
+//! The server comes from `herald_testkit::fixtures::nats_url` (`HERALD_NATS_URL`, else a
+//! container, else a loud failure). Each test uses its own bucket.
 
 use std::sync::Arc;
 
 use herald_avro::{
     AvroCodec, CompatibilityMode, ErrorKind, NatsKvRegistry, ParsedSchema, Rule, SchemaRegistry,
 };
-
-fn nats_url() -> String {
-    match std::env::var("HERALD_NATS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("CI").as_deref() == Ok("true") => panic!(
-            "HERALD_NATS_URL is not set: start NATS with JetStream (`ci/brokers.sh up`, or \
-             `nats-server -js`) and export HERALD_NATS_URL=nats://127.0.0.1:4222"
-        ),
-        _ => "nats://127.0.0.1:4222".into(),
-    }
-}
 
 /// A registry on a fresh bucket, deleted when the guard drops.
 struct Bucket {
@@ -29,7 +18,7 @@ struct Bucket {
 
 impl Bucket {
     async fn new() -> Self {
-        let url = nats_url();
+        let url = herald_testkit::fixtures::nats_url().await;
         let client = async_nats::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot reach NATS at {url} ({e}); set HERALD_NATS_URL"));

@@ -482,16 +482,6 @@ fn diff_lists_field_changes() {
     );
 }
 
-fn nats_url() -> String {
-    match std::env::var("HERALD_NATS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("HERALD_NATS_URL is not set: start NATS with JetStream and export it")
-        }
-        _ => "nats://127.0.0.1:4222".into(),
-    }
-}
-
 #[test]
 fn register_with_nats_kv_and_unreachable_registry() {
     let d = tmp();
@@ -506,7 +496,11 @@ fn register_with_nats_kv_and_unreachable_registry() {
         .map(|t| t.as_nanos())
         .unwrap_or_default();
     let bucket = format!("herald-cli-{}-{nanos}", std::process::id());
-    let url = nats_url();
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(herald_testkit::fixtures::nats_url());
     let args = |file: &str| {
         [
             "schema",
