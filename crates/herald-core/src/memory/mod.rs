@@ -144,16 +144,47 @@ struct GroupPartition {
     acked: BTreeSet<u64>,
     /// Nacked offsets waiting for their due time.
     redeliver: Vec<(Instant, u64)>,
-    /// How often each unacknowledged offset was delivered.
-    deliveries: HashMap<u64, u32>,
+    /// One past the highest offset ever delivered: below it, a delivery is a redelivery.
+    delivered_end: u64,
+    /// Delivery counts of unacknowledged offsets delivered more than once (the common
+    /// first delivery costs no map entry).
+    redelivered: HashMap<u64, u32>,
 }
 
 impl GroupPartition {
-    fn advance(&mut self) {
+    /// Records an ack of `offset`; returns whether the commit moved.
+    fn ack(&mut self, offset: u64) -> bool {
+        if offset != self.committed {
+            if offset > self.committed {
+                self.acked.insert(offset);
+            }
+            return false;
+        }
+        // In-order ack (the usual case): no set insert/remove.
+        self.forget(offset);
+        self.committed += 1;
         while self.acked.remove(&self.committed) {
-            self.deliveries.remove(&self.committed);
+            self.forget(self.committed);
             self.committed += 1;
         }
+        true
+    }
+
+    fn forget(&mut self, offset: u64) {
+        if !self.redelivered.is_empty() {
+            self.redelivered.remove(&offset);
+        }
+    }
+
+    /// Counts a delivery of `offset`; returns its attempt number.
+    fn count_delivery(&mut self, offset: u64) -> u32 {
+        if offset >= self.delivered_end {
+            self.delivered_end = offset + 1;
+            return 1;
+        }
+        let n = self.redelivered.entry(offset).or_insert(1);
+        *n += 1;
+        *n
     }
 }
 
@@ -213,7 +244,15 @@ impl Inner {
 
     fn topic<'a>(&self, st: &'a mut State, name: &str) -> &'a mut Topic {
         let n = self.config.partitions;
-        st.topics.entry(name.to_owned()).or_insert_with(|| Topic {
+        // Looked up first so a publish to a known topic allocates no key.
+        if !st.topics.contains_key(name) {
+            st.topics.insert(name.to_owned(), Self::new_topic(n));
+        }
+        st.topics.get_mut(name).expect("inserted above")
+    }
+
+    fn new_topic(n: usize) -> Topic {
+        Topic {
             partitions: (0..n)
                 .map(|_| Partition {
                     base: 0,
@@ -223,7 +262,7 @@ impl Inner {
             groups: HashMap::new(),
             retained: 0,
             round_robin: 0,
-        })
+        }
     }
 }
 
@@ -241,21 +280,23 @@ fn partition_for(key: Option<&[u8]>, n: usize, rr: &mut usize) -> usize {
     }
 }
 
-/// Drops messages every group has acknowledged; returns how many.
-fn trim(t: &mut Topic) -> usize {
+/// Drops the messages of partition `pi` (the one an ack moved) that every group has
+/// acknowledged; returns how many.
+fn trim_partition(t: &mut Topic, pi: usize) -> usize {
+    let Some(p) = t.partitions.get_mut(pi) else {
+        return 0;
+    };
+    let low = t
+        .groups
+        .values()
+        .map(|g| g.parts[pi].committed)
+        .min()
+        .unwrap_or(p.base);
     let mut freed = 0;
-    for (pi, p) in t.partitions.iter_mut().enumerate() {
-        let low = t
-            .groups
-            .values()
-            .map(|g| g.parts[pi].committed)
-            .min()
-            .unwrap_or(p.base);
-        while p.base < low && !p.log.is_empty() {
-            p.log.pop_front();
-            p.base += 1;
-            freed += 1;
-        }
+    while p.base < low && !p.log.is_empty() {
+        p.log.pop_front();
+        p.base += 1;
+        freed += 1;
     }
     t.retained -= freed;
     freed
@@ -491,8 +532,7 @@ impl StreamState {
                 let Some(m) = off.checked_sub(p.base).and_then(|i| p.log.get(i as usize)) else {
                     return;
                 };
-                let n = gp.deliveries.entry(off).or_insert(0);
-                *n += 1;
+                let n = gp.count_delivery(off);
                 let acker = MemoryAcker {
                     handle: Some(h.clone()),
                     partition: pi,
@@ -502,7 +542,7 @@ impl StreamState {
                 let origin = Origin::new(&h.topic)
                     .with("partition", pi as i64)
                     .with("offset", off as i64);
-                buf.push_back(Delivery::new(m.clone(), origin, *n, Box::new(acker)));
+                buf.push_back(Delivery::new(m.clone(), origin, n, Box::new(acker)));
             };
             // Due redeliveries first, oldest offset first.
             gp.redeliver.sort_unstable_by_key(|&(_, off)| off);
@@ -560,23 +600,29 @@ impl MemoryAcker {
         let Some(g) = t.groups.get_mut(&h.group) else {
             return Err(AckError::new(AckErrorKind::Closed, "group gone"));
         };
+        // Whether this member's stream may be waiting for room.
+        let mut wake = false;
         if let Some(me) = g.members.iter_mut().find(|m| m.id == h.id) {
+            wake = me.in_flight >= me.max_in_flight;
             me.in_flight = me.in_flight.saturating_sub(1);
         }
         let gp = &mut g.parts[self.partition];
         let current = gp.epoch == self.epoch;
-        if ack {
-            // An ack is a fact whoever owns the partition now: record it.
-            if self.offset >= gp.committed {
-                gp.acked.insert(self.offset);
-                gp.advance();
-            }
-        } else if current {
+        // An ack is a fact whoever owns the partition now: record it.
+        let moved = ack && gp.ack(self.offset);
+        if !ack && current {
             gp.redeliver.push((Instant::now() + delay, self.offset));
+            wake = true;
         }
-        g.notify.notify_waiters();
-        if ack && trim(t) > 0 {
-            h.broker.space.notify_waiters();
+        // Waking costs a lock in `Notify`: only when a stream may wait for this settle.
+        if wake {
+            g.notify.notify_waiters();
+        }
+        if moved {
+            let full = t.retained >= h.broker.config.capacity;
+            if trim_partition(t, self.partition) > 0 && full {
+                h.broker.space.notify_waiters();
+            }
         }
         if !current && !ack {
             return Err(AckError::new(
