@@ -74,7 +74,7 @@ impl KafkaAdmin {
     pub fn with_timeout(config: &KafkaConfig, timeout: Duration) -> Result<Self, ConfigError> {
         let client = config
             .to_client_config()
-            .create_with_context(HeraldContext)
+            .create_with_context(HeraldContext::default())
             .map_err(config_error)?;
         Ok(Self { client, timeout })
     }

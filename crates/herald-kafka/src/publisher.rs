@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::{
     config::{KafkaConfig, ms},
     context::HeraldContext,
-    error::{ConfigError, ConfigErrorKind, config_error, publish_error},
+    error::{ConfigError, ConfigErrorKind, config_error, publish_error, publish_kind},
     wire,
 };
 
@@ -167,12 +167,14 @@ impl PublisherBuilder {
                 "message.timeout.ms 0 (infinite) is not allowed: publish must be bounded",
             ));
         }
+        let context = HeraldContext::default();
         let producer: FutureProducer<HeraldContext> = config
             .to_client_config()
-            .create_with_context(HeraldContext)
+            .create_with_context(context.clone())
             .map_err(config_error)?;
         Ok(KafkaPublisher {
             producer,
+            context,
             delivery_timeout,
             closed: Arc::new(AtomicBool::new(false)),
         })
@@ -191,7 +193,11 @@ impl PublisherBuilder {
 ///   Messages after a message that could not even be queued (too large, invalid) are not
 ///   sent, so per-key order survives a failed batch.
 /// * Headers follow the CloudEvents Kafka binding (see [`crate::wire`]).
-/// * Every wait is bounded by the delivery timeout: no `publish` hangs.
+/// * Every wait is bounded by the delivery timeout: no `publish` hangs. A delivery that
+///   timed out while librdkafka reported a client-level error (every broker down, a
+///   refused login, a failed TLS handshake) fails as
+///   [`Connection`](PublishErrorKind::Connection) or
+///   [`Unauthorized`](PublishErrorKind::Unauthorized), with librdkafka's reason.
 ///
 /// Cheap to clone; clones share the producer.
 ///
@@ -215,6 +221,8 @@ impl PublisherBuilder {
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer<HeraldContext>,
+    /// Shares its state with the producer's context (rdkafka keeps that one private).
+    context: HeraldContext,
     delivery_timeout: Duration,
     closed: Arc<AtomicBool>,
 }
@@ -262,20 +270,37 @@ impl KafkaPublisher {
 
     async fn settle(&self, f: DeliveryFuture, deadline: Instant) -> Result<(), PublishError> {
         match tokio::time::timeout_at(deadline, f).await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err((e, _)))) => Err(publish_error(e)),
-            Ok(Err(_canceled)) => Err(PublishError::new(
-                PublishErrorKind::Closed,
-                "the producer went away before reporting delivery",
-            )),
-            Err(_) => Err(PublishError::new(
-                PublishErrorKind::Timeout,
-                format!(
-                    "no delivery report within the delivery timeout ({:?})",
-                    self.delivery_timeout
-                ),
-            )),
+            Ok(r) => report(r),
+            Err(_) => Err(self.timed_out()),
         }
+    }
+
+    /// A timeout says little on its own: when librdkafka reported a client-level error
+    /// meanwhile (a refused login, a failed TLS handshake), the error names it, and takes
+    /// its kind when that is an authentication or connection failure.
+    fn explain(&self, e: PublishError, since: std::time::Instant) -> PublishError {
+        if e.kind() != PublishErrorKind::Timeout {
+            return e;
+        }
+        let Some(fault) = self.context.fault_since(since) else {
+            return e;
+        };
+        let kind = match fault.code.map(publish_kind) {
+            Some(k @ (PublishErrorKind::Unauthorized | PublishErrorKind::Connection)) => k,
+            _ => PublishErrorKind::Timeout,
+        };
+        let message = format!("{}; the client reported: {}", e.message(), fault.reason);
+        PublishError::new(kind, message).with_source(e)
+    }
+
+    fn timed_out(&self) -> PublishError {
+        PublishError::new(
+            PublishErrorKind::Timeout,
+            format!(
+                "no delivery report within the delivery timeout ({:?})",
+                self.delivery_timeout
+            ),
+        )
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<(), PublishError> {
@@ -295,6 +320,7 @@ impl KafkaPublisher {
         {
             return Err(invalid(format!("header name {n:?} contains a NUL byte")));
         }
+        let started = std::time::Instant::now();
         let deadline = Instant::now() + self.delivery_timeout + REPORT_GRACE;
         let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(messages.len());
         let mut first_err: Option<PublishError> = None;
@@ -339,15 +365,34 @@ impl KafkaPublisher {
                 }
             }
         }
-        for f in pending {
-            if let Err(e) = self.settle(f, deadline).await {
-                first_err.get_or_insert(e);
+        // One timer for the whole batch rather than one per delivery report (a timer entry
+        // per message showed in profiles).
+        let reports = async {
+            for f in pending.drain(..) {
+                if let Err(e) = report(f.await) {
+                    first_err.get_or_insert(e);
+                }
             }
+        };
+        if tokio::time::timeout_at(deadline, reports).await.is_err() {
+            first_err.get_or_insert_with(|| self.timed_out());
         }
         match first_err {
-            Some(e) => Err(e),
+            Some(e) => Err(self.explain(e, started)),
             None => Ok(()),
         }
+    }
+}
+
+/// A delivery report as herald's result.
+fn report(r: <DeliveryFuture as std::future::Future>::Output) -> Result<(), PublishError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(publish_error(e)),
+        Err(_canceled) => Err(PublishError::new(
+            PublishErrorKind::Closed,
+            "the producer went away before reporting delivery",
+        )),
     }
 }
 

@@ -197,6 +197,16 @@ pub fn subject(topic: &str, key: Option<&[u8]>) -> String {
 
 /// Whether a header value can travel as it is.
 fn is_plain_value(v: &[u8]) -> Option<&str> {
+    // Fast path for the usual printable-ASCII value (ids, times, content types): one
+    // byte scan instead of UTF-8 validation plus a Unicode property walk.
+    if let (Some(first), Some(last)) = (v.first(), v.last())
+        && v.iter().all(|b| (0x20..0x7f).contains(b))
+        && *first != b' '
+        && *last != b' '
+        && !v.starts_with(BASE64_MARKER.as_bytes())
+    {
+        return std::str::from_utf8(v).ok();
+    }
     let s = std::str::from_utf8(v).ok()?;
     let plain = !s.starts_with(BASE64_MARKER)
         && !s.starts_with(char::is_whitespace)
