@@ -90,14 +90,17 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// The raw client's bound of unacknowledged publishes, which is also herald's batch
-    /// size per `publish` call unless `--batch` is given (and herald-nats'
+    /// The raw client's bound of unacknowledged publishes (and herald-nats'
     /// `max_pending_acks`). Default: Kafka 10 000, NATS 256, memory 1 000.
     #[arg(long)]
     pub window: Option<usize>,
-    /// herald's messages per `publish` call. Default: the window (the brief's rule:
-    /// herald batches equal the raw window). A larger batch lets herald pipeline past the
-    /// end of a batch the way the raw client's sliding window does.
+    /// herald's `publish` calls in flight at once. A call resolves when its whole batch
+    /// is acknowledged, so one call at a time empties the pipeline at every batch end;
+    /// the raw client's sliding window never does. Two calls of half a window each keep
+    /// at most a window unacknowledged, as on the raw side.
+    #[arg(long, default_value_t = 2)]
+    pub calls: usize,
+    /// herald's messages per `publish` call. Default: the window divided by `--calls`.
     #[arg(long)]
     pub batch: Option<usize>,
     /// Untimed messages sent (and consumed) before the timed ones. Default: a tenth of
@@ -149,7 +152,9 @@ impl Args {
 
     /// herald's batch size.
     pub fn batch(&self) -> usize {
-        self.batch.unwrap_or_else(|| self.window()).max(1)
+        self.batch
+            .unwrap_or_else(|| self.window().div_ceil(self.calls.max(1)))
+            .max(1)
     }
 
     /// Untimed warm-up messages.
@@ -193,6 +198,8 @@ impl Args {
             self.window().to_string(),
             "--batch".into(),
             self.batch().to_string(),
+            "--calls".into(),
+            self.calls.to_string(),
             "--warmup".into(),
             self.warmup().to_string(),
             "--keys".into(),
@@ -269,7 +276,8 @@ mod tests {
         assert_eq!(c.scenario, Scenario::Consume);
         assert_eq!(c.messages, 1234);
         assert_eq!(c.window(), a.window());
-        assert_eq!(c.batch(), a.window(), "the batch defaults to the window");
+        assert_eq!(c.calls, 2);
+        assert_eq!(c.batch(), 128, "the batch defaults to the window / calls");
         assert_eq!(c.warmup(), a.warmup());
         assert!(c.raw_envelope);
     }

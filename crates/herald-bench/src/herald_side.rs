@@ -3,13 +3,14 @@
 
 use std::{hint::black_box, time::Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt, stream};
 use herald_core::{Publisher, Subscription};
 
 use crate::workload::{Measured, Result, Workload, drain_limit};
 
-/// Publishes messages `from..to` in `publish` calls of `batch` messages each, one call
-/// after the other (each resolves when the broker acknowledged its whole batch).
+/// Publishes messages `from..to` in `publish` calls of `batch` messages each, `calls` of
+/// them in flight at once (each resolves when the broker acknowledged its whole batch) —
+/// how a producer that wants throughput uses a batch API.
 pub async fn publish<P: Publisher + ?Sized>(
     publisher: &P,
     topic: &str,
@@ -17,12 +18,11 @@ pub async fn publish<P: Publisher + ?Sized>(
     from: usize,
     to: usize,
 ) -> Result<()> {
-    let mut i = from;
-    while i < to {
-        let end = (i + w.batch).min(to);
-        publisher.publish(topic, w.batch(i, end)).await?;
-        i = end;
-    }
+    stream::iter((from..to).step_by(w.batch.max(1)))
+        .map(|i| publisher.publish(topic, w.batch(i, (i + w.batch).min(to))))
+        .buffered(w.calls.max(1))
+        .try_for_each(|()| async { Ok(()) })
+        .await?;
     Ok(())
 }
 

@@ -34,8 +34,9 @@
 //!
 //! # Scenarios
 //! * `publish`: the warm-up, then `--messages` published and acknowledged. herald calls
-//!   `publish` with batches of `--window` messages; the raw client keeps at most
-//!   `--window` publishes unacknowledged.
+//!   `publish` with batches of `--window / --calls` messages, `--calls` (2) calls in flight;
+//!   the raw client keeps at most `--window` publishes unacknowledged (a sliding window).
+//!   Both sides therefore have at most a window unacknowledged.
 //! * `consume`: the topic is pre-filled (untimed, through herald's publisher, so both
 //!   sides read identical records); the warm-up is consumed untimed, then the timed
 //!   messages are drained, each acknowledged.
@@ -145,6 +146,7 @@ fn parent(args: &Args) -> Result<()> {
     let settings = Settings {
         window: args.window(),
         batch: args.batch(),
+        calls: args.calls.max(1),
         warmup: args.warmup(),
         partitions: args.partitions,
         raw_envelope: args.raw_envelope,

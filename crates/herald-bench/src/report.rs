@@ -59,6 +59,8 @@ pub struct Summary {
     pub window: usize,
     /// herald's messages per `publish` call.
     pub batch: usize,
+    /// herald's `publish` calls in flight.
+    pub calls: usize,
     /// Untimed warm-up messages per run.
     pub warmup: usize,
     /// Partitions per topic.
@@ -89,6 +91,8 @@ pub struct Settings {
     pub window: usize,
     /// herald batch.
     pub batch: usize,
+    /// herald calls in flight.
+    pub calls: usize,
     /// Warm-up messages.
     pub warmup: usize,
     /// Partitions.
@@ -132,6 +136,7 @@ pub fn summarize(
         size: first.map_or(0, |r| r.size),
         window: settings.window,
         batch: settings.batch,
+        calls: settings.calls,
         warmup: settings.warmup,
         partitions: settings.partitions,
         raw_envelope: settings.raw_envelope,
@@ -147,13 +152,14 @@ pub fn table(runs: &[RunResult], s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} {}: {} messages x {} B, raw window {}, herald batch {}, warm-up {}, {} partitions{}",
+        "{} {}: {} messages x {} B, raw window {}, herald batch {} x {} calls, warm-up {}, {} partitions{}",
         s.transport,
         s.scenario,
         s.messages,
         s.size,
         s.window,
         s.batch,
+        s.calls,
         s.warmup,
         s.partitions,
         if s.raw_envelope {
@@ -229,6 +235,7 @@ mod tests {
         let settings = Settings {
             window: 10,
             batch: 10,
+            calls: 1,
             warmup: 1,
             partitions: 4,
             raw_envelope: false,
@@ -254,6 +261,7 @@ mod tests {
         let settings = Settings {
             window: 1,
             batch: 1,
+            calls: 1,
             warmup: 1,
             partitions: 1,
             raw_envelope: false,

@@ -24,8 +24,10 @@ pub struct Workload {
     pub warmup: usize,
     /// The raw client's bound of unacknowledged publishes.
     pub window: usize,
-    /// herald's messages per `publish` call (the window unless `--batch` says otherwise).
+    /// herald's messages per `publish` call.
     pub batch: usize,
+    /// herald's `publish` calls in flight at once.
+    pub calls: usize,
     /// The payload every message carries (deterministic bytes).
     pub payload: Bytes,
     /// Keys, used round-robin.
@@ -48,6 +50,7 @@ impl Workload {
             warmup: args.warmup(),
             window: args.window(),
             batch: args.batch(),
+            calls: args.calls.max(1),
             payload: payload(args.size),
             keys: (0..args.keys.max(1))
                 .map(|i| Bytes::from(format!("k{i}")))
@@ -196,6 +199,7 @@ mod tests {
             warmup: 0,
             window: 4,
             batch: 4,
+            calls: 1,
             payload: payload(8),
             keys: vec![Bytes::from("a"), Bytes::from("b")],
             partitions: 1,
