@@ -124,3 +124,17 @@ pub async fn postgres_url() -> String {
     )
     .await
 }
+
+/// The Tansu binary (`HERALD_TANSU_BIN`, printed by `ci/brokers.sh up`), for tests that
+/// need a Kafka-protocol broker of their own: a dedicated port, a TLS endpoint, a restart.
+///
+/// # Panics
+/// When the variable is unset or names no executable file: there is no silent skip.
+pub fn tansu_bin() -> std::path::PathBuf {
+    let bin = std::env::var("HERALD_TANSU_BIN").unwrap_or_default();
+    let path = std::path::PathBuf::from(bin.trim());
+    if bin.trim().is_empty() || !path.is_file() {
+        panic!("a Tansu binary is needed: HERALD_TANSU_BIN is unset or not a file; {HOWTO}");
+    }
+    path
+}

@@ -78,6 +78,11 @@ struct RunArgs {
     /// The Tansu binary.
     #[arg(long, env = "HERALD_TANSU_BIN", default_value = "tansu")]
     tansu_bin: PathBuf,
+    /// A Tansu binary built with PostgreSQL storage (`ci/tansu-pg.sh`): the Kafka
+    /// broker-restart scenario needs records that survive the restart. Without it that
+    /// scenario is reported as not run, and the run fails.
+    #[arg(long, env = "HERALD_TANSU_PG_BIN")]
+    tansu_pg_bin: Option<PathBuf>,
     /// The nats-server binary.
     #[arg(
         long,
@@ -475,7 +480,13 @@ struct BrokerProc {
 }
 
 impl BrokerProc {
-    async fn start(transport: Transport, args: &RunArgs) -> Result<Self, BoxError> {
+    /// Starts a broker on a free port. Kafka keeps its records in memory unless `durable`
+    /// names a Tansu binary with PostgreSQL storage and the database to keep them in.
+    async fn start(
+        transport: Transport,
+        args: &RunArgs,
+        durable: Option<(&std::path::Path, &str)>,
+    ) -> Result<Self, BoxError> {
         let port = free_port()?;
         let dir = args
             .work_dir
@@ -494,15 +505,22 @@ impl BrokerProc {
             ],
             Transport::Kafka => {
                 let url = format!("tcp://127.0.0.1:{port}");
+                let (bin, storage) = match durable {
+                    Some((bin, db)) => (bin.display().to_string(), db.to_owned()),
+                    None => (
+                        args.tansu_bin.display().to_string(),
+                        "memory://tansu/".to_owned(),
+                    ),
+                };
                 vec![
-                    args.tansu_bin.display().to_string(),
+                    bin,
                     "broker".into(),
                     "--listener-url".into(),
                     url.clone(),
                     "--advertised-listener-url".into(),
                     url,
                     "--storage-engine".into(),
-                    "memory://tansu/".into(),
+                    storage,
                 ]
             }
         };
@@ -546,6 +564,45 @@ impl BrokerProc {
             let _ = c.wait().await;
         }
     }
+}
+
+/// A Tansu keeping its records in a PostgreSQL database of its own, dropped afterwards.
+struct DurableKafka {
+    broker: BrokerProc,
+    db: String,
+}
+
+impl DurableKafka {
+    async fn start(bin: &std::path::Path, args: &RunArgs) -> Result<Self, BoxError> {
+        let db = format!("herald_chaos_tansu_{}", std::process::id());
+        let admin = pg(&args.pg).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
+            ))
+            .await?;
+        let url = db_url(&args.pg, &db);
+        let broker = BrokerProc::start(Transport::Kafka, args, Some((bin, &url))).await?;
+        Ok(Self { broker, db })
+    }
+
+    async fn stop(mut self, pg_url: &str) {
+        self.broker.kill().await;
+        if let Ok(admin) = pg(pg_url).await {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
+                .await;
+        }
+    }
+}
+
+/// `url` (`postgres://user@host:port/db`) with its database replaced by `db`.
+fn db_url(url: &str, db: &str) -> String {
+    let base = match url.rfind('/') {
+        Some(i) if i > "postgres://".len() => &url[..i],
+        _ => url,
+    };
+    format!("{base}/{db}")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -924,20 +981,41 @@ async fn run(args: RunArgs) -> Result<bool, BoxError> {
     let mut rows = Vec::new();
     let mut ok = true;
     for &t in &transports {
-        let mut broker = BrokerProc::start(t, &args).await?;
+        let mut broker = BrokerProc::start(t, &args, None).await?;
         for &s in &scenarios {
+            // A Kafka broker restart needs records that survive it: a dedicated Tansu on
+            // PostgreSQL storage (its own database), instead of the memory-storage one.
+            let mut durable = None;
             if s == Scenario::BrokerRestart && t == Transport::Kafka {
-                rows.push(not_run(
-                    s,
-                    t,
-                    "Tansu here stores in memory (a restart loses every record); its PostgreSQL \
-                     storage needs `cargo install tansu --features postgres`",
-                ));
-                continue;
+                let Some(bin) = args.tansu_pg_bin.clone() else {
+                    ok = false;
+                    rows.push(not_run(
+                        s,
+                        t,
+                        "no Tansu with PostgreSQL storage (HERALD_TANSU_PG_BIN; ci/tansu-pg.sh builds one)",
+                    ));
+                    continue;
+                };
+                match DurableKafka::start(&bin, &args).await {
+                    Ok(d) => durable = Some(d),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("chaos: starting Tansu on PostgreSQL failed: {e}");
+                        let mut r = not_run(s, t, "");
+                        r.note = format!("ERROR: Tansu on PostgreSQL: {e}");
+                        r.lost = n;
+                        rows.push(r);
+                        continue;
+                    }
+                }
             }
+            let on = match durable.as_mut() {
+                Some(d) => &mut d.broker,
+                None => &mut broker,
+            };
             let started = Instant::now();
             eprintln!("chaos: {} on {t:?} ({n} messages)…", s.name());
-            match scenario(s, t, n, &args, &mut broker, &mut proxy).await {
+            match scenario(s, t, n, &args, on, &mut proxy).await {
                 Ok(r) => {
                     eprintln!(
                         "chaos: {} on {t:?}: lost {} dup effects {} in {:.1}s",
@@ -957,6 +1035,9 @@ async fn run(args: RunArgs) -> Result<bool, BoxError> {
                     r.lost = n;
                     rows.push(r);
                 }
+            }
+            if let Some(d) = durable {
+                d.stop(&args.pg).await;
             }
             // A scenario may leave the broker down if it failed mid-restart.
             if broker.child.is_none() {

@@ -13,8 +13,8 @@ use std::{
 
 use futures::StreamExt;
 use herald_chaos::within;
-use herald_core::{Message, Publisher, SubscribeSpec, Subscriber};
-use herald_kafka::{KafkaConfig, KafkaPublisher};
+use herald_core::{Message, PublishErrorKind, Publisher, SubscribeSpec, Subscriber};
+use herald_kafka::{KafkaConfig, KafkaPublisher, KafkaSubscriber};
 use herald_nats::{ConnectErrorKind, NatsBroker, NatsConfig, config::Auth};
 use herald_testkit::unique;
 
@@ -303,4 +303,369 @@ async fn kafka_sasl_password_is_redacted() {
         assert!(!shown.contains(&password), "{shown}");
     }
     assert_not_logged(&password);
+}
+
+// ---------------------------------------------------------------------------------------
+// Kafka over TLS.
+//
+// Tansu 0.6 cannot serve TLS itself (its `--cert` and `--key` flags are declared as
+// conflicting, so no key can be given), so the TLS endpoint is a TLS-terminating proxy in
+// front of a dedicated Tansu that advertises the proxy's address: librdkafka (OpenSSL)
+// speaks real TLS to a rustls server and then Kafka through it.
+
+/// A dedicated Tansu (memory storage) behind a TLS-terminating proxy; killed on drop.
+struct TlsKafka {
+    tansu: Child,
+    proxy: tokio::task::JoinHandle<()>,
+    port: u16,
+    ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        self.proxy.abort();
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn tls_kafka() -> TlsKafka {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let dir = std::env::temp_dir().join(unique("herald-chaos-kafka-tls"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (ca, cert, key) = certs(&dir);
+    let (inner, outer) = (free_port(), free_port());
+    let bin = herald_testkit::fixtures::tansu_bin();
+    let tansu = Command::new(&bin)
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{inner}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{outer}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("server.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", outer))
+        .await
+        .expect("bind the TLS port");
+    let proxy = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses our certificate ends its handshake here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", inner)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                }
+            });
+        }
+    });
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(("127.0.0.1", inner))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Tansu did not listen on {inner}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    TlsKafka {
+        tansu,
+        proxy,
+        port: outer,
+        ca,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_works_and_an_untrusted_server_is_a_typed_error() {
+    logs();
+    let server = tls_kafka().await;
+    let brokers = format!("127.0.0.1:{}", server.port);
+    let trusted = KafkaConfig::new(&brokers)
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", server.ca.display().to_string());
+
+    // Trusted: publish, then consume it back, all over TLS.
+    let topic = unique("tls");
+    let publisher = KafkaPublisher::from_config(trusted.clone())
+        .build()
+        .expect("publisher");
+    let m = Message::new("over tls").with_key("k");
+    let id = m.id.clone();
+    within("publish over TLS", STEP, publisher.publish(&topic, vec![m]))
+        .await
+        .expect("publish hung")
+        .expect("publish over TLS");
+    let subscriber = KafkaSubscriber::from_config(trusted)
+        .build()
+        .expect("subscriber");
+    let mut sub = within(
+        "subscribe over TLS",
+        STEP,
+        subscriber.subscribe(SubscribeSpec::new(&topic, unique("g"))),
+    )
+    .await
+    .expect("subscribe hung")
+    .expect("subscribe over TLS");
+    let d = within("receive over TLS", STEP, sub.next())
+        .await
+        .expect("receive hung")
+        .expect("stream ended")
+        .expect("delivery");
+    assert_eq!(d.message.id, id);
+    d.ack().await.expect("ack");
+    let _ = sub.close().await;
+    let _ = publisher.close().await;
+
+    // The same server without its CA: the handshake fails, and the publish says so with
+    // a typed Connection error naming the certificate, not a bare timeout.
+    let other_ca = certs_in(&server.dir.join("other"));
+    let untrusted = KafkaConfig::new(&brokers)
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", other_ca.display().to_string());
+    let publisher = KafkaPublisher::from_config(untrusted)
+        .delivery_timeout(Duration::from_secs(3))
+        .build()
+        .expect("publisher");
+    let e = within(
+        "publish to an untrusted server",
+        STEP,
+        publisher.publish(&topic, vec![Message::new("x")]),
+    )
+    .await
+    .expect("publish hung")
+    .expect_err("an untrusted server must be refused");
+    assert_eq!(e.kind(), PublishErrorKind::Connection, "{e:?}");
+    assert!(
+        e.to_string().to_lowercase().contains("certificate"),
+        "the error should name the certificate problem: {e}"
+    );
+}
+
+/// A CA of its own in `dir` (nobody's server certificate is signed by it).
+fn certs_in(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("dir");
+    certs(dir).0
+}
+
+// ---------------------------------------------------------------------------------------
+// Kafka SASL/SCRAM, live (feature `tansu-pg`; run by ci/chaos.sh).
+//
+// Tansu creates SCRAM users through the broker itself, which refuses every request of an
+// unauthenticated client once `--authentication` is on. So the user is created on a broker
+// started without it, in PostgreSQL storage, and the broker is restarted with it: the
+// credentials survive the restart. That needs a Tansu built with PostgreSQL storage
+// (`ci/tansu-pg.sh`), too long to build for every CI run.
+
+#[cfg(feature = "tansu-pg")]
+struct ScramKafka {
+    tansu: Option<Child>,
+    bin: PathBuf,
+    storage: String,
+    port: u16,
+}
+
+#[cfg(feature = "tansu-pg")]
+impl ScramKafka {
+    fn start(&mut self, authentication: bool) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if authentication {
+            cmd.arg("--authentication");
+        }
+        self.tansu = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display())),
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.tansu.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Tansu did not listen on {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(feature = "tansu-pg")]
+impl Drop for ScramKafka {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(feature = "tansu-pg")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_scram_live_login_and_a_refused_one() {
+    logs();
+    let bin = std::env::var("HERALD_TANSU_PG_BIN").unwrap_or_default();
+    assert!(
+        !bin.is_empty() && Path::new(&bin).is_file(),
+        "HERALD_TANSU_PG_BIN must name a Tansu built with PostgreSQL storage (bash ci/tansu-pg.sh)"
+    );
+    let pg = herald_testkit::fixtures::postgres_url().await;
+    let db = unique("herald_sasl").replace('-', "_");
+    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create the broker's database");
+    let base = &pg[..pg.rfind('/').expect("a database in the URL")];
+    let mut kafka = ScramKafka {
+        tansu: None,
+        bin: PathBuf::from(&bin),
+        storage: format!("{base}/{db}"),
+        port: free_port(),
+    };
+    let password = format!("pw-{}", unique("scram"));
+    let wrong = format!("wrong-{}", unique("guess"));
+
+    // The user, created on the broker before authentication is switched on.
+    kafka.start(false);
+    kafka.wait_listening().await;
+    let out = Command::new(&bin)
+        .args(["user", "create", USER, &password, "--mechanism", "scram512"])
+        .args(["--broker", &format!("tcp://127.0.0.1:{}", kafka.port)])
+        .output()
+        .expect("tansu user create");
+    assert!(
+        out.status.success(),
+        "tansu user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kafka.stop();
+    kafka.start(true);
+    kafka.wait_listening().await;
+
+    let brokers = format!("127.0.0.1:{}", kafka.port);
+    let scram = |pw: &str| {
+        KafkaConfig::new(&brokers)
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", USER)
+            .set("sasl.password", pw)
+    };
+
+    // The right password: publish and consume.
+    let topic = unique("scram");
+    let publisher = KafkaPublisher::from_config(scram(&password))
+        .build()
+        .expect("publisher");
+    let m = Message::new("authenticated").with_key("k");
+    let id = m.id.clone();
+    within(
+        "publish with SCRAM",
+        STEP,
+        publisher.publish(&topic, vec![m]),
+    )
+    .await
+    .expect("publish hung")
+    .expect("publish with the right password");
+    let subscriber = KafkaSubscriber::from_config(scram(&password))
+        .build()
+        .expect("subscriber");
+    let mut sub = within(
+        "subscribe with SCRAM",
+        STEP,
+        subscriber.subscribe(SubscribeSpec::new(&topic, unique("g"))),
+    )
+    .await
+    .expect("subscribe hung")
+    .expect("subscribe with the right password");
+    let d = within("receive with SCRAM", STEP, sub.next())
+        .await
+        .expect("receive hung")
+        .expect("stream ended")
+        .expect("delivery");
+    assert_eq!(d.message.id, id);
+    d.ack().await.expect("ack");
+    let _ = sub.close().await;
+    let _ = publisher.close().await;
+
+    // A wrong password: a typed Unauthorized naming the failed login, without either
+    // password.
+    let publisher = KafkaPublisher::from_config(scram(&wrong))
+        .delivery_timeout(Duration::from_secs(3))
+        .build()
+        .expect("publisher");
+    let e = within(
+        "publish with a wrong password",
+        STEP,
+        publisher.publish(&topic, vec![Message::new("x")]),
+    )
+    .await
+    .expect("publish hung")
+    .expect_err("a wrong password must be refused");
+    assert_eq!(e.kind(), PublishErrorKind::Unauthorized, "{e:?}");
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(
+            !shown.contains(&wrong) && !shown.contains(&password),
+            "{shown}"
+        );
+    }
+    assert_not_logged(&password);
+    assert_not_logged(&wrong);
+
+    kafka.stop();
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await;
 }
