@@ -382,10 +382,12 @@ async fn tls_kafka() -> TlsKafka {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 // A client that refuses our certificate ends its handshake here.
+                let _ = tcp.set_nodelay(true);
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", inner)).await {
+                    let _ = up.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
                 }
             });

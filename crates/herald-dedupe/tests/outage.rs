@@ -297,6 +297,9 @@ impl Proxy {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    // No Nagle delays on top of the clients' own TCP_NODELAY.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = rx.wait_for(|up| !*up) => {}
