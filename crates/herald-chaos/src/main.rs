@@ -78,11 +78,11 @@ struct RunArgs {
     /// The Tansu binary.
     #[arg(long, env = "HERALD_TANSU_BIN", default_value = "tansu")]
     tansu_bin: PathBuf,
-    /// A Tansu binary built with PostgreSQL storage (`ci/tansu-pg.sh`): the Kafka
-    /// broker-restart scenario needs records that survive the restart. Without it that
-    /// scenario is reported as not run, and the run fails.
-    #[arg(long, env = "HERALD_TANSU_PG_BIN")]
-    tansu_pg_bin: Option<PathBuf>,
+    /// A Tansu binary built with durable storage (`ci/tansu-durable.sh`): the Kafka
+    /// broker-restart scenario needs records and offsets that survive the restart.
+    /// Without it that scenario is reported as not run, and the run fails.
+    #[arg(long, env = "HERALD_TANSU_DURABLE_BIN")]
+    tansu_durable_bin: Option<PathBuf>,
     /// The nats-server binary.
     #[arg(
         long,
@@ -485,7 +485,7 @@ struct BrokerProc {
 
 impl BrokerProc {
     /// Starts a broker on a free port. Kafka keeps its records in memory unless `durable`
-    /// names a Tansu binary with PostgreSQL storage and the database to keep them in.
+    /// names a Tansu binary with durable storage and the storage URL to use.
     async fn start(
         transport: Transport,
         args: &RunArgs,
@@ -570,43 +570,28 @@ impl BrokerProc {
     }
 }
 
-/// A Tansu keeping its records in a PostgreSQL database of its own, dropped afterwards.
+/// A Tansu keeping records, offsets and groups in a SQLite file of its own.
 struct DurableKafka {
     broker: BrokerProc,
-    db: String,
+    file: PathBuf,
 }
 
 impl DurableKafka {
     async fn start(bin: &std::path::Path, args: &RunArgs) -> Result<Self, BoxError> {
-        let db = format!("herald_chaos_tansu_{}", std::process::id());
-        let admin = pg(&args.pg).await?;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
-            ))
-            .await?;
-        let url = db_url(&args.pg, &db);
+        std::fs::create_dir_all(&args.work_dir)?;
+        let file = args
+            .work_dir
+            .join(format!("tansu-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let url = format!("sqlite://{}", file.display());
         let broker = BrokerProc::start(Transport::Kafka, args, Some((bin, &url))).await?;
-        Ok(Self { broker, db })
+        Ok(Self { broker, file })
     }
 
-    async fn stop(mut self, pg_url: &str) {
+    async fn stop(mut self) {
         self.broker.kill().await;
-        if let Ok(admin) = pg(pg_url).await {
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
-                .await;
-        }
+        let _ = std::fs::remove_file(&self.file);
     }
-}
-
-/// `url` (`postgres://user@host:port/db`) with its database replaced by `db`.
-fn db_url(url: &str, db: &str) -> String {
-    let base = match url.rfind('/') {
-        Some(i) if i > "postgres://".len() => &url[..i],
-        _ => url,
-    };
-    format!("{base}/{db}")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -988,15 +973,15 @@ async fn run(args: RunArgs) -> Result<bool, BoxError> {
         let mut broker = BrokerProc::start(t, &args, None).await?;
         for &s in &scenarios {
             // A Kafka broker restart needs records that survive it: a dedicated Tansu on
-            // PostgreSQL storage (its own database), instead of the memory-storage one.
+            // SQLite storage (a file of its own), instead of the memory-storage one.
             let mut durable = None;
             if s == Scenario::BrokerRestart && t == Transport::Kafka {
-                let Some(bin) = args.tansu_pg_bin.clone() else {
+                let Some(bin) = args.tansu_durable_bin.clone() else {
                     ok = false;
                     rows.push(not_run(
                         s,
                         t,
-                        "no Tansu with PostgreSQL storage (HERALD_TANSU_PG_BIN; ci/tansu-pg.sh builds one)",
+                        "no Tansu with durable storage (HERALD_TANSU_DURABLE_BIN; ci/tansu-durable.sh builds one)",
                     ));
                     continue;
                 };
@@ -1004,9 +989,9 @@ async fn run(args: RunArgs) -> Result<bool, BoxError> {
                     Ok(d) => durable = Some(d),
                     Err(e) => {
                         ok = false;
-                        eprintln!("chaos: starting Tansu on PostgreSQL failed: {e}");
+                        eprintln!("chaos: starting Tansu on SQLite failed: {e}");
                         let mut r = not_run(s, t, "");
-                        r.note = format!("ERROR: Tansu on PostgreSQL: {e}");
+                        r.note = format!("ERROR: Tansu on SQLite: {e}");
                         r.lost = n;
                         rows.push(r);
                         continue;
@@ -1041,7 +1026,7 @@ async fn run(args: RunArgs) -> Result<bool, BoxError> {
                 }
             }
             if let Some(d) = durable {
-                d.stop(&args.pg).await;
+                d.stop().await;
             }
             // A scenario may leave the broker down if it failed mid-restart.
             if broker.child.is_none() {

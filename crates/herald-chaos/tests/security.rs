@@ -486,23 +486,24 @@ fn certs_in(dir: &Path) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------
-// Kafka SASL/SCRAM, live (feature `tansu-pg`; run by ci/chaos.sh).
+// Kafka SASL/SCRAM, live (feature `tansu-durable`; run by ci/chaos.sh).
 //
 // Tansu creates SCRAM users through the broker itself, which refuses every request of an
 // unauthenticated client once `--authentication` is on. So the user is created on a broker
-// started without it, in PostgreSQL storage, and the broker is restarted with it: the
-// credentials survive the restart. That needs a Tansu built with PostgreSQL storage
-// (`ci/tansu-pg.sh`), too long to build for every CI run.
+// started without it, on durable (SQLite) storage, and the broker is restarted with it: the
+// credentials survive the restart. That needs a Tansu built with durable storage
+// (`ci/tansu-durable.sh`), too long to build for every CI run.
 
-#[cfg(feature = "tansu-pg")]
+#[cfg(feature = "tansu-durable")]
 struct ScramKafka {
     tansu: Option<Child>,
     bin: PathBuf,
     storage: String,
     port: u16,
+    dir: PathBuf,
 }
 
-#[cfg(feature = "tansu-pg")]
+#[cfg(feature = "tansu-durable")]
 impl ScramKafka {
     fn start(&mut self, authentication: bool) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
@@ -544,38 +545,31 @@ impl ScramKafka {
     }
 }
 
-#[cfg(feature = "tansu-pg")]
+#[cfg(feature = "tansu-durable")]
 impl Drop for ScramKafka {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-#[cfg(feature = "tansu-pg")]
+#[cfg(feature = "tansu-durable")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sasl_scram_live_login_and_a_refused_one() {
     logs();
-    let bin = std::env::var("HERALD_TANSU_PG_BIN").unwrap_or_default();
+    let bin = std::env::var("HERALD_TANSU_DURABLE_BIN").unwrap_or_default();
     assert!(
         !bin.is_empty() && Path::new(&bin).is_file(),
-        "HERALD_TANSU_PG_BIN must name a Tansu built with PostgreSQL storage (bash ci/tansu-pg.sh)"
+        "HERALD_TANSU_DURABLE_BIN must name a Tansu built with durable storage (bash ci/tansu-durable.sh)"
     );
-    let pg = herald_testkit::fixtures::postgres_url().await;
-    let db = unique("herald_sasl").replace('-', "_");
-    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL");
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create the broker's database");
-    let base = &pg[..pg.rfind('/').expect("a database in the URL")];
+    let dir = std::env::temp_dir().join(unique("herald-chaos-scram"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
     let mut kafka = ScramKafka {
         tansu: None,
         bin: PathBuf::from(&bin),
-        storage: format!("{base}/{db}"),
+        storage: format!("sqlite://{}", dir.join("tansu.db").display()),
         port: free_port(),
+        dir,
     };
     let password = format!("pw-{}", unique("scram"));
     let wrong = format!("wrong-{}", unique("guess"));
@@ -665,9 +659,4 @@ async fn kafka_sasl_scram_live_login_and_a_refused_one() {
     }
     assert_not_logged(&password);
     assert_not_logged(&wrong);
-
-    kafka.stop();
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await;
 }
