@@ -163,7 +163,7 @@ pub async fn roundtrip_preserves_id_key_headers(f: &dyn TransportFactory) {
         "binary header preserved"
     );
     assert_eq!(d.attempt, 1);
-    assert_eq!(d.origin.topic, topic);
+    assert_eq!(&*d.origin.topic, topic);
     d.ack().await.expect("ack");
     sub.close().await.expect("close");
 }

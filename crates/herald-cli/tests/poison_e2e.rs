@@ -301,7 +301,7 @@ async fn scenario(
         assert_eq!(e["original_topic"], topic);
         assert_eq!(e["handler"], "billing");
         assert_eq!(e["group"], group);
-        assert_eq!(origin.topic, topic);
+        assert_eq!(&*origin.topic, topic);
         let want: serde_json::Map<String, Json> = origin
             .position
             .iter()

@@ -142,15 +142,15 @@ impl SubscribeSpec {
 /// middleware copies each as `herald-original-<name>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
-    /// The topic.
-    pub topic: String,
+    /// The topic (shared: an adapter hands out one allocation for all its deliveries).
+    pub topic: Arc<str>,
     /// Named position values, e.g. `[("partition", 3), ("offset", 42)]`.
     pub position: Vec<(&'static str, i64)>,
 }
 
 impl Origin {
     /// An origin with no position.
-    pub fn new(topic: impl Into<String>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>) -> Self {
         Self {
             topic: topic.into(),
             position: Vec::new(),

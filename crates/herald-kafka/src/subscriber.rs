@@ -952,7 +952,7 @@ impl KafkaStream {
         let topic = &*self.shared.topic;
         let partition = p.track.partition();
         let message = p.raw.to_message(topic, partition, p.offset);
-        let origin = Origin::new(topic)
+        let origin = Origin::new(self.shared.topic.clone())
             .with("partition", i64::from(partition))
             .with("offset", p.offset);
         let attempt = p.attempt;

@@ -133,7 +133,7 @@ async fn a_saved_but_unpublished_outbox_is_republished_by_the_ticker() {
     let err = engine
         .handle(Inbound::new(
             start.clone(),
-            Origin::new(&t.orders),
+            Origin::new(t.orders.as_str()),
             1,
             route.clone(),
         ))
@@ -171,7 +171,12 @@ async fn a_saved_but_unpublished_outbox_is_republished_by_the_ticker() {
 
     // The redelivered start event changes nothing: the instance exists.
     engine
-        .handle(Inbound::new(start, Origin::new(&t.orders), 2, route))
+        .handle(Inbound::new(
+            start,
+            Origin::new(t.orders.as_str()),
+            2,
+            route,
+        ))
         .await
         .unwrap();
     assert_eq!(

@@ -409,6 +409,7 @@ impl Subscriber for MemoryBroker {
             };
             let handle = Arc::new(MemberHandle {
                 broker: self.inner.clone(),
+                origin_topic: Arc::from(spec.topic.as_str()),
                 topic: spec.topic,
                 group: spec.group,
                 id: member,
@@ -434,6 +435,8 @@ impl Subscriber for MemoryBroker {
 struct MemberHandle {
     broker: Arc<Inner>,
     topic: String,
+    /// The topic as deliveries carry it: one allocation for all of them.
+    origin_topic: Arc<str>,
     group: String,
     id: u64,
 }
@@ -539,7 +542,7 @@ impl StreamState {
                     offset: off,
                     epoch: gp.epoch,
                 };
-                let origin = Origin::new(&h.topic)
+                let origin = Origin::new(h.origin_topic.clone())
                     .with("partition", pi as i64)
                     .with("offset", off as i64);
                 buf.push_back(Delivery::new(m.clone(), origin, n, Box::new(acker)));

@@ -453,7 +453,7 @@ fn retry_message(
         headers::DUE_AT,
         now_millis().saturating_add(delay).to_string(),
     );
-    h.append(headers::ORIGINAL_TOPIC, origin.topic.clone());
+    h.append(headers::ORIGINAL_TOPIC, origin.topic.to_string());
     for (name, value) in &origin.position {
         h.append(
             format!("{}{name}", headers::ORIGINAL_PREFIX),

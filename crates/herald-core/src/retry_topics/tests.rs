@@ -203,7 +203,7 @@ async fn poison_goes_through_each_level_then_to_the_dlq() {
     assert!(
         poison
             .iter()
-            .all(|(_, _, o)| o == first && o.topic == "orders")
+            .all(|(_, _, o)| o == first && &*o.topic == "orders")
     );
     assert_eq!(
         m.header("herald-original-offset"),

@@ -624,7 +624,7 @@ fn store_err(e: ReadModelError) -> HandlerError {
 /// sequence).
 fn lane_of(origin: &Origin) -> Option<(String, i64)> {
     let (last, rest) = origin.position.split_last()?;
-    let mut lane = origin.topic.clone();
+    let mut lane = origin.topic.to_string();
     for (n, v) in rest {
         lane.push_str(&format!("|{n}={v}"));
     }

@@ -124,7 +124,7 @@ pub fn dead_letter_message(inbound: &Inbound, error: &HandlerError) -> Message {
     headers.append(names::DLQ_ERROR, error.message().to_owned());
     headers.append(names::DLQ_ERROR_CLASS, error.class().to_string());
     headers.append(names::DLQ_ATTEMPTS, inbound.total_attempts().to_string());
-    headers.append(names::DLQ_ORIGINAL_TOPIC, inbound.origin.topic.clone());
+    headers.append(names::DLQ_ORIGINAL_TOPIC, inbound.origin.topic.to_string());
     for (name, value) in &inbound.origin.position {
         headers.append(
             format!("{}{name}", names::DLQ_ORIGINAL_PREFIX),
