@@ -29,7 +29,7 @@ eval "$(bash ci/brokers.sh up)"
 
 log "building herald-bench (release)"
 cargo build --release --locked -p herald-bench >&2
-bin=target/release/herald-bench
+bin=${CARGO_TARGET_DIR:-target}/release/herald-bench
 outdir=target/bench
 mkdir -p "$outdir"
 
