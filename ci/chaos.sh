@@ -40,7 +40,7 @@ cargo test -p herald-chaos --tests
 echo "== fault scenarios" >&2
 cargo build -p herald-chaos --bin herald-chaos
 start=$(date +%s)
-./target/debug/herald-chaos run $QUICK --work-dir "$WORK/run" ${EXTRA[@]+"${EXTRA[@]}"}
+"${CARGO_TARGET_DIR:-target}"/debug/herald-chaos run $QUICK --work-dir "$WORK/run" ${EXTRA[@]+"${EXTRA[@]}"}
 echo "fault scenarios took $(( $(date +%s) - start )) s" >&2
 
 if [ "$FUZZ" = 1 ]; then
@@ -48,8 +48,11 @@ if [ "$FUZZ" = 1 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
   fi
-  # The toolchain is stable; cargo-fuzz passes nightly flags (-Zsanitizer=…).
+  # The toolchain is stable; cargo-fuzz passes nightly flags (-Zsanitizer=…). Its
+  # sanitizer builds keep to fuzz/target: in a shared CARGO_TARGET_DIR their different
+  # flags would evict the test build.
   export RUSTC_BOOTSTRAP=1
+  unset CARGO_TARGET_DIR
   for t in $(cd fuzz && cargo fuzz list); do
     echo "-- fuzz $t" >&2
     mkdir -p "$WORK/corpus/$t"

@@ -162,6 +162,12 @@ async fn tls_nats(password: &str) -> TlsNats {
         ca,
         dir,
     };
+    wait_listening(port, "nats-server").await;
+    server
+}
+
+/// Waits (at most [`STEP`]) until something accepts connections on `port`.
+async fn wait_listening(port: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + STEP;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -169,11 +175,10 @@ async fn tls_nats(password: &str) -> TlsNats {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nats-server did not listen on {port}"
+            "{what} did not listen on {port}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server
 }
 
 fn config(server: &TlsNats, password: &str, trust_ca: bool) -> NatsConfig {
@@ -393,17 +398,7 @@ async fn tls_kafka() -> TlsKafka {
             });
         }
     });
-    let deadline = tokio::time::Instant::now() + STEP;
-    while tokio::net::TcpStream::connect(("127.0.0.1", inner))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Tansu did not listen on {inner}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(inner, "Tansu").await;
     TlsKafka {
         tansu,
         proxy,
