@@ -483,10 +483,11 @@ fn certs_in(dir: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // Kafka SASL/SCRAM, live: not testable against Tansu 0.6.0. Its `user create` goes through
 // the broker, which refuses unauthenticated requests once `--authentication` is on; with
-// durable storage (`cargo install tansu --features libsql`) the user can be created first and the broker
-// restarted with authentication, but then the SCRAM exchange stalls: SaslHandshake is
-// answered and the credential is read from storage, yet SaslAuthenticate never gets a
-// reply (librdkafka and kafka-python alike). What is tested here instead: the SASL
+// durable storage (`cargo install tansu --features libsql`) the user can be created first
+// and the broker restarted with authentication, but then the SCRAM exchange stalls:
+// SaslHandshake is answered and the credential is read from storage, yet
+// SaslAuthenticate never gets a reply (librdkafka and kafka-python alike). What is
+// tested here instead: the SASL
 // password never shows in `Debug`, errors or logs (above), and a client-level failure
 // during a publish comes back typed and named (`kafka_over_tls_…`, the Kafka crate's
 // unreachable-broker test).
