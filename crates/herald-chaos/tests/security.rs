@@ -166,6 +166,18 @@ async fn tls_nats(password: &str) -> TlsNats {
     server
 }
 
+/// Receives the next delivery, checks that it is message `id`, acks it, closes `sub`.
+async fn receive_and_close(mut sub: herald_core::Subscription, id: &str, step: &str) {
+    let d = within(step, STEP, sub.next())
+        .await
+        .expect("receive hung")
+        .expect("stream ended")
+        .expect("delivery");
+    assert_eq!(d.message.id, id);
+    d.ack().await.expect("ack");
+    let _ = sub.close().await;
+}
+
 /// Waits (at most [`STEP`]) until something accepts connections on `port`.
 async fn wait_listening(port: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + STEP;
@@ -224,18 +236,11 @@ async fn nats_tls_user_password_works_and_never_leaks() {
         .await
         .expect("hung")
         .expect("publish");
-    let mut sub = broker
+    let sub = broker
         .subscribe(SubscribeSpec::new(&topic, unique("g")))
         .await
         .expect("subscribe");
-    let d = within("receive", STEP, sub.next())
-        .await
-        .expect("receive hung")
-        .expect("stream ended")
-        .expect("delivery");
-    assert_eq!(d.message.id, id);
-    d.ack().await.expect("ack");
-    let _ = sub.close().await;
+    receive_and_close(sub, &id, "receive").await;
 
     // A wrong password: a typed Unauthorized, without the password in the error.
     let e = within(
@@ -431,7 +436,7 @@ async fn kafka_over_tls_works_and_an_untrusted_server_is_a_typed_error() {
     let subscriber = KafkaSubscriber::from_config(trusted)
         .build()
         .expect("subscriber");
-    let mut sub = within(
+    let sub = within(
         "subscribe over TLS",
         STEP,
         subscriber.subscribe(SubscribeSpec::new(&topic, unique("g"))),
@@ -439,14 +444,7 @@ async fn kafka_over_tls_works_and_an_untrusted_server_is_a_typed_error() {
     .await
     .expect("subscribe hung")
     .expect("subscribe over TLS");
-    let d = within("receive over TLS", STEP, sub.next())
-        .await
-        .expect("receive hung")
-        .expect("stream ended")
-        .expect("delivery");
-    assert_eq!(d.message.id, id);
-    d.ack().await.expect("ack");
-    let _ = sub.close().await;
+    receive_and_close(sub, &id, "receive over TLS").await;
     let _ = publisher.close().await;
 
     // The same server without its CA: the handshake fails, and the publish says so with
