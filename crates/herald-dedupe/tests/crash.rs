@@ -99,8 +99,17 @@ async fn run_with_kills(args: &[&str], c: &tokio_postgres::Client, queue: &str) 
             break;
         }
         let mut child = spawn(args, &duplicates);
-        let at = Duration::from_millis(rand::rng().random_range(300..1_500));
-        tokio::time::sleep(at).await; // the random point of the crash
+        // The random point of the crash, in progress rather than time (a fast consumer
+        // would drain the queue before the later kills): after 150–550 more messages,
+        // so 8 kills always land before the 5 000 are done.
+        let target = before + rand::rng().random_range(150..550);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while consumed(c, queue).await < target
+            && child.try_wait().unwrap().is_none()
+            && Instant::now() < give_up
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
             hits += 1;
