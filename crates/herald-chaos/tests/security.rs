@@ -268,13 +268,7 @@ async fn nats_tls_user_password_works_and_never_leaks() {
     .await
     .expect("untrusted connect hung")
     .expect_err("an untrusted certificate must be refused");
-    // Known gap (reported): async-nats surfaces a rejected certificate as an I/O error,
-    // which herald-nats' `to_connect` (src/error.rs) maps to `Connection`, not `Tls`.
-    assert!(
-        e.kind() == ConnectErrorKind::Tls
-            || (e.kind() == ConnectErrorKind::Connection && e.to_string().contains("certificate")),
-        "{e:?}"
-    );
+    assert_eq!(e.kind(), ConnectErrorKind::Tls, "{e:?}");
 
     assert_not_logged(&password);
     assert_not_logged(&wrong);

@@ -190,8 +190,32 @@ pub(crate) fn to_connect(e: async_nats::ConnectError) -> ConnectError {
             N::Authentication | N::AuthorizationViolation => ConnectErrorKind::Unauthorized,
             N::TimedOut => ConnectErrorKind::Timeout,
             N::Tls => ConnectErrorKind::Tls,
+            // async-nats reports a refused server certificate as an I/O error; the rustls
+            // error inside says what it is.
+            _ if rustls_failure(&e) => ConnectErrorKind::Tls,
             _ => ConnectErrorKind::Connection,
         };
         ConnectError::new(kind, e.to_string()).with_source(e)
     }
+}
+
+/// Whether a TLS failure (a `rustls` error, possibly inside an `io::Error`) is somewhere
+/// in `e`'s source chain.
+fn rustls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::rustls;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
