@@ -171,68 +171,18 @@ fn line(s: &str) {
     let _ = out.flush();
 }
 
-/// Prints `dup` for each duplicate the dedupe store caught.
-struct DupRecorder;
-
-struct DupCounter;
-
-impl metrics::CounterFn for DupCounter {
-    fn increment(&self, value: u64) {
-        for _ in 0..value {
-            line("dup");
-        }
-    }
-    fn absolute(&self, _: u64) {}
-}
-
-impl metrics::Recorder for DupRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if key.name() == herald_core::middleware::dedupe::metric_names::DUPLICATES {
-            metrics::Counter::from_arc(Arc::new(DupCounter))
-        } else {
-            metrics::Counter::noop()
-        }
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
-}
-
 async fn consume(a: ConsumeArgs) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let _ = metrics::set_global_recorder(DupRecorder);
+    // `dup` for each duplicate the dedupe store caught, as it happens.
+    let _ = herald_dedupe::probe::on_duplicate(|n| {
+        for _ in 0..n {
+            line("dup");
+        }
+    });
     let store = PgDedupe::connect(
         &a.pg,
         PgDedupeConfig::default()

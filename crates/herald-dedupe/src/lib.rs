@@ -87,6 +87,8 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
+pub mod probe;
+
 #[doc(no_inline)]
 pub use herald_core::dedupe::{Claim, ClaimToken, DedupeError, DedupeErrorKind, DedupeStore};
 

@@ -16,10 +16,7 @@
 //! consumer's messages are redelivered, as a broker would. Each duplicate the dedupe store
 //! catches is printed as a `duplicate` line.
 
-use std::{
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, future::BoxFuture};
 use herald_core::{
@@ -175,65 +172,6 @@ impl Subscriber for PgQueue {
     }
 }
 
-/// Prints a `duplicate` line for each duplicate the dedupe store caught.
-struct DuplicatePrinter(Arc<AtomicU64>);
-
-struct DupCounter;
-
-impl metrics::CounterFn for DupCounter {
-    fn increment(&self, value: u64) {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        for _ in 0..value {
-            let _ = writeln!(out, "duplicate");
-        }
-        let _ = out.flush();
-    }
-    fn absolute(&self, _: u64) {}
-}
-
-impl metrics::Recorder for DuplicatePrinter {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if key.name() == herald_core::middleware::dedupe::metric_names::DUPLICATES {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics::Counter::from_arc(Arc::new(DupCounter))
-        } else {
-            metrics::Counter::noop()
-        }
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
-}
-
 fn usage() -> ! {
     eprintln!(
         "usage: herald-dedupe-crash-consumer <pg|redis> <postgres-url> <queue-table> <inbox-table-or-prefix> <effects> [redis-url]"
@@ -248,7 +186,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         usage();
     }
     let (mode, pg_url, queue, inbox, effects) = (&args[0], &args[1], &args[2], &args[3], &args[4]);
-    let _ = metrics::set_global_recorder(DuplicatePrinter(Arc::new(AtomicU64::new(0))));
+    // A `duplicate` line for each duplicate the dedupe store caught, as it happens.
+    let _ = herald_dedupe::probe::on_duplicate(|n| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for _ in 0..n {
+            let _ = writeln!(out, "duplicate");
+        }
+        let _ = out.flush();
+    });
 
     let store = PgDedupe::connect(
         pg_url,
