@@ -39,9 +39,9 @@ if [ -x ci/examples.sh ]; then
 fi
 
 step "chaos (short): consumers SIGKILLed mid-run on Kafka and NATS, nothing lost or applied twice"
-# The full fault matrix is ci/chaos.sh (~15 min with --quick); this is its kill scenario at
-# a small scale, on dedicated brokers the driver owns. Exits non-zero on any loss or
-# duplicate effect.
+# The full fault matrix is ci/chaos.sh (~20 min: 50 000 messages per scenario, then
+# fuzzing); this is its kill scenario at a small scale, on dedicated brokers the driver
+# owns. Exits non-zero on any loss or duplicate effect.
 export HERALD_TANSU_BIN HERALD_POSTGRES_URL
 cargo run --quiet --locked -p herald-chaos --bin herald-chaos -- \
   run --messages 2000 --scenario kill --work-dir "$(mktemp -d "${TMPDIR:-/tmp}/herald-chaos-ci.XXXXXX")"
