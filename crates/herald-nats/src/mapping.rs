@@ -207,6 +207,11 @@ fn is_plain_value(v: &[u8]) -> Option<&str> {
     {
         return std::str::from_utf8(v).ok();
     }
+    plain_by_chars(v)
+}
+
+/// [`is_plain_value`] without its ASCII fast path: the rule itself.
+fn plain_by_chars(v: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(v).ok()?;
     let plain = !s.starts_with(BASE64_MARKER)
         && !s.starts_with(char::is_whitespace)
@@ -421,6 +426,40 @@ pub fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_the_rule() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for a in 0..=255u8 {
+            cases.push(vec![a]);
+            for b in 0..=255u8 {
+                cases.push(vec![a, b]);
+            }
+        }
+        for s in [
+            "",
+            "abc",
+            " abc",
+            "abc ",
+            "a b",
+            "a\tb",
+            "\tab",
+            "ab\t",
+            "=?b64?x",
+            "x=?b64?",
+            "2026-11-27T15:00:00Z",
+            "ünïcode",
+            "a\u{85}b",
+            "a\u{a0}",
+            "\u{3000}a",
+            "a\x7fb",
+        ] {
+            cases.push(s.as_bytes().to_vec());
+        }
+        for v in &cases {
+            assert_eq!(is_plain_value(v), plain_by_chars(v), "{v:?}");
+        }
+    }
 
     fn window_id(m: Message) -> String {
         let out = outbound("orders", m).expect("outbound");

@@ -655,3 +655,93 @@ impl Acker for MemoryAcker {
         Box::pin(std::future::ready(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt, StreamExt};
+
+    use super::*;
+    use crate::Message;
+
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn an_ack_wakes_a_stream_waiting_at_max_in_flight() {
+        let broker = MemoryBroker::with_config(MemoryConfig::default().partitions(1));
+        broker
+            .publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect())
+            .await
+            .unwrap();
+        let mut sub = broker
+            .subscribe(SubscribeSpec::new("t", "g").max_in_flight(2))
+            .await
+            .unwrap();
+        let first = sub.next().await.unwrap().unwrap();
+        let _second = sub.next().await.unwrap().unwrap();
+        // Two unsettled: the stream waits for room, not for messages.
+        let third = sub.next();
+        tokio::pin!(third);
+        assert!(
+            third.as_mut().now_or_never().is_none(),
+            "past max_in_flight"
+        );
+        first.ack().await.unwrap();
+        let third = tokio::time::timeout(WITHIN, third)
+            .await
+            .expect("the ack did not wake the waiting stream")
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.message.payload, "2");
+    }
+
+    #[tokio::test]
+    async fn an_ack_wakes_a_publisher_waiting_on_a_full_topic() {
+        let broker = MemoryBroker::with_config(MemoryConfig::default().partitions(1).capacity(3));
+        let mut sub = broker
+            .subscribe(SubscribeSpec::new("t", "g"))
+            .await
+            .unwrap();
+        broker
+            .publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect())
+            .await
+            .unwrap();
+        let fourth = broker.publish("t", vec![Message::new("3")]);
+        tokio::pin!(fourth);
+        assert!(
+            fourth.as_mut().now_or_never().is_none(),
+            "the topic is full"
+        );
+        assert_eq!(broker.retained("t"), 3);
+        let d = sub.next().await.unwrap().unwrap();
+        d.ack().await.unwrap();
+        tokio::time::timeout(WITHIN, fourth)
+            .await
+            .expect("the ack did not wake the waiting publisher")
+            .unwrap();
+        assert_eq!(broker.retained("t"), 3);
+    }
+
+    #[tokio::test]
+    async fn redeliveries_count_attempts_and_first_deliveries_start_at_one() {
+        let broker = MemoryBroker::new();
+        broker.publish("t", vec![Message::new("x")]).await.unwrap();
+        let mut sub = broker
+            .subscribe(SubscribeSpec::new("t", "g"))
+            .await
+            .unwrap();
+        for attempt in 1..=3 {
+            let d = sub.next().await.unwrap().unwrap();
+            assert_eq!(d.attempt, attempt);
+            d.nack(Duration::ZERO).await.unwrap();
+        }
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(d.attempt, 4);
+        d.ack().await.unwrap();
+        broker.publish("t", vec![Message::new("y")]).await.unwrap();
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!((d.attempt, &d.message.payload[..]), (1, &b"y"[..]));
+        d.ack().await.unwrap();
+        assert_eq!(broker.lag("t", "g"), 0);
+        assert_eq!(broker.retained("t"), 0);
+    }
+}
