@@ -110,8 +110,9 @@ pub struct Args {
     /// Distinct message keys, used round-robin.
     #[arg(long, default_value_t = 64)]
     pub keys: usize,
-    /// Make the raw client carry herald's envelope too (the CloudEvents id and
-    /// specversion headers), to separate the envelope's cost from the adapter's.
+    /// Make the raw client carry herald's envelope too, to separate the envelope's cost
+    /// from the adapter's: it publishes the CloudEvents id and specversion headers, and
+    /// the raw Kafka consumer reads each record's id (as a consumer that dedupes must).
     #[arg(long)]
     pub raw_envelope: bool,
     /// herald's `SubscribeSpec::max_in_flight` (its default is 256); on NATS also the raw

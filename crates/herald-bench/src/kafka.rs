@@ -10,7 +10,8 @@
 //!   6 s, heartbeat 1 s, `enable.auto.offset.store=false`); the raw `StreamConsumer`
 //!   stores each message's offset after handling it (`store_offset_from_message`) and
 //!   auto-commits the stored offsets every second — herald commits what was acked every
-//!   second too.
+//!   second too. With `--raw-envelope` it also reads each record's `ce_id` header into a
+//!   string, the work herald does to give every message its id.
 //! * Topics are created identically for both (herald's `KafkaAdmin::ensure_topic`), fresh
 //!   per run, and deleted afterwards.
 
@@ -23,7 +24,7 @@ use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
-    message::{Header, Message as _, OwnedHeaders},
+    message::{Header, Headers as _, Message as _, OwnedHeaders},
     producer::{DeliveryFuture, FutureProducer, FutureRecord},
     types::RDKafkaErrorCode,
 };
@@ -233,6 +234,17 @@ async fn raw_drain(c: &StreamConsumer, w: &Workload, n: usize) -> Result<()> {
             let len = black_box(m.payload().map_or(0, <[u8]>::len));
             if len != size {
                 return Err(format!("payload of {len} bytes, expected {size}").into());
+            }
+            if w.raw_envelope {
+                // What a consumer that dedupes does: read the message id.
+                let id = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "ce_id"))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned)
+                    .ok_or("a record without a ce_id header")?;
+                black_box(id);
             }
             c.store_offset_from_message(&m)?;
             done += 1;

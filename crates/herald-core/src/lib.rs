@@ -83,7 +83,7 @@ pub use error::{
 #[doc(inline)]
 pub use handler::{Inbound, RouteInfo, handler_fn, typed};
 #[doc(inline)]
-pub use message::{Headers, Message};
+pub use message::{HeaderName, Headers, Message};
 #[doc(inline)]
 pub use router::{RouteConfig, Router, RouterError, Running};
 #[doc(inline)]

@@ -1,6 +1,6 @@
 //! The message model: [`Message`], its [`Headers`] and the CloudEvents attributes.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use bytes::Bytes;
 
@@ -52,16 +52,107 @@ pub mod names {
     /// The message key, carried as a header by transports whose addressing cannot hold
     /// arbitrary key bytes (NATS subjects).
     pub const KEY: &str = "herald-key";
+
+    /// The constant for a well-known header name, so an adapter decoding a message keeps
+    /// the name without copying it.
+    pub fn well_known(name: &str) -> Option<&'static str> {
+        Some(match name {
+            CE_TYPE => CE_TYPE,
+            CE_SOURCE => CE_SOURCE,
+            CE_SPECVERSION => CE_SPECVERSION,
+            CE_TIME => CE_TIME,
+            CE_SUBJECT => CE_SUBJECT,
+            CONTENT_TYPE => CONTENT_TYPE,
+            TRACEPARENT => TRACEPARENT,
+            TRACESTATE => TRACESTATE,
+            CORRELATION_ID => CORRELATION_ID,
+            CAUSATION_ID => CAUSATION_ID,
+            _ => return None,
+        })
+    }
+}
+
+/// A header name. The well-known names of [`names`] are held as those constants, so
+/// setting or decoding them copies nothing; any other name is an owned string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeaderName(Cow<'static, str>);
+
+impl HeaderName {
+    /// A name from a constant, without a copy.
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(name: &str) -> Self {
+        match names::well_known(name) {
+            Some(known) => Self::from_static(known),
+            None => Self(Cow::Owned(name.to_owned())),
+        }
+    }
+}
+
+impl From<&String> for HeaderName {
+    fn from(name: &String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(name: String) -> Self {
+        Self(Cow::Owned(name))
+    }
+}
+
+impl From<Cow<'_, str>> for HeaderName {
+    fn from(name: Cow<'_, str>) -> Self {
+        match name {
+            Cow::Borrowed(n) => Self::from(n),
+            Cow::Owned(n) => Self::from(n),
+        }
+    }
+}
+
+impl From<HeaderName> for String {
+    fn from(name: HeaderName) -> Self {
+        name.0.into_owned()
+    }
 }
 
 /// An ordered multimap of header name → bytes.
 ///
 /// Order is preserved and a name may appear more than once (Kafka allows it). Lookups
 /// with [`get`](Self::get) return the **last** value of a name, which is what "set"
-/// means on a multimap that was appended to.
+/// means on a multimap that was appended to. Well-known names are kept without a copy
+/// (see [`HeaderName`]).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, Bytes)>,
+    entries: Vec<(HeaderName, Bytes)>,
 }
 
 impl Headers {
@@ -71,12 +162,12 @@ impl Headers {
     }
 
     /// Appends a value; existing values of the same name stay.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+    pub fn append(&mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
         self.entries.push((name.into(), value.into()));
     }
 
     /// Replaces every value of `name` with one value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+    pub fn insert(&mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
         let name = name.into();
         self.remove(&name);
         self.entries.push((name, value.into()));
@@ -87,7 +178,7 @@ impl Headers {
         self.entries
             .iter()
             .rev()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| n.as_str() == name)
             .map(|(_, v)| v)
     }
 
@@ -100,20 +191,20 @@ impl Headers {
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
         self.entries
             .iter()
-            .filter(move |(n, _)| n == name)
+            .filter(move |(n, _)| n.as_str() == name)
             .map(|(_, v)| v)
     }
 
     /// Removes every value of `name`; returns whether any was there.
     pub fn remove(&mut self, name: &str) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|(n, _)| n != name);
+        self.entries.retain(|(n, _)| n.as_str() != name);
         before != self.entries.len()
     }
 
     /// All entries in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Bytes)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+        self.entries.iter().map(|(n, v)| (&**n, v))
     }
 
     /// Number of entries (a name appearing twice counts twice).
@@ -145,7 +236,7 @@ impl fmt::Debug for Headers {
     }
 }
 
-impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
+impl<N: Into<HeaderName>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
     fn from_iter<T: IntoIterator<Item = (N, V)>>(iter: T) -> Self {
         Self {
             entries: iter
@@ -159,11 +250,11 @@ impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
 impl<'a> IntoIterator for &'a Headers {
     type Item = (&'a str, &'a Bytes);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Bytes)>,
-        fn(&'a (String, Bytes)) -> (&'a str, &'a Bytes),
+        std::slice::Iter<'a, (HeaderName, Bytes)>,
+        fn(&'a (HeaderName, Bytes)) -> (&'a str, &'a Bytes),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+        self.entries.iter().map(|(n, v)| (&**n, v))
     }
 }
 
@@ -243,7 +334,7 @@ impl Message {
     }
 
     /// Sets (replaces) a header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.headers.insert(name, value);
         self
     }

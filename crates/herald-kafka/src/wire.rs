@@ -24,7 +24,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, Bytes};
-use herald_core::{Headers, Message, message::names};
+use herald_core::{HeaderName, Headers, Message, message::names};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 
 /// Kafka spelling of the id attribute.
@@ -92,6 +92,10 @@ pub(crate) struct Raw {
 
 const NULL: u32 = u32::MAX;
 
+/// Bytes reserved per header when a record is copied: the framing plus a `ce_id` and
+/// its UUID fit; larger headers grow the buffer.
+const HEADER_SIZE_GUESS: usize = 64;
+
 /// Reads a header by index; `None` for a header rdkafka cannot represent (it panics on a
 /// name that is not UTF-8, which a foreign producer can send).
 fn header_at<'a, H: rdkafka::message::Headers>(h: &'a H, i: usize) -> Option<Header<'a, &'a [u8]>> {
@@ -105,21 +109,15 @@ fn header_at<'a, H: rdkafka::message::Headers>(h: &'a H, i: usize) -> Option<Hea
 }
 
 impl Raw {
-    /// Copies the record's payload, key and headers.
+    /// Copies the record's payload, key and headers, in one pass over the headers.
     pub(crate) fn capture(msg: &BorrowedMessage<'_>) -> Self {
         let payload = msg.payload().unwrap_or_default();
         let key = msg.key();
         let headers = msg.headers();
         let count = headers.map_or(0, |h| h.count());
-        let mut size = payload.len() + key.map_or(0, <[u8]>::len);
-        if let Some(h) = headers {
-            for i in 0..count {
-                if let Some(hd) = header_at(h, i) {
-                    size += 8 + hd.key.len() + hd.value.map_or(0, <[u8]>::len);
-                }
-            }
-        }
-        let mut block = Vec::with_capacity(size);
+        let mut block = Vec::with_capacity(
+            payload.len() + key.map_or(0, <[u8]>::len) + count * HEADER_SIZE_GUESS,
+        );
         block.extend_from_slice(payload);
         if let Some(k) = key {
             block.extend_from_slice(k);
@@ -165,7 +163,7 @@ impl Raw {
             s
         });
         let mut id = None;
-        let mut entries: Vec<(String, Bytes)> = Vec::with_capacity(self.header_count);
+        let mut entries: Vec<(HeaderName, Bytes)> = Vec::with_capacity(self.header_count);
         let read_u32 = |at: usize| -> Option<u32> {
             let b = block.get(at..at + 4)?;
             Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -199,14 +197,17 @@ impl Raw {
                 id = Some(s.to_owned());
                 continue;
             }
-            let name = match name.strip_prefix(KAFKA_PREFIX) {
-                Some(attr) => {
-                    let mut n = String::with_capacity(name.len());
-                    n.push_str(CANONICAL_PREFIX);
-                    n.push_str(attr);
-                    n
-                }
-                None => name.to_owned(),
+            let name = match known_name(name) {
+                Some(n) => HeaderName::from_static(n),
+                None => HeaderName::from(match name.strip_prefix(KAFKA_PREFIX) {
+                    Some(attr) => {
+                        let mut n = String::with_capacity(name.len());
+                        n.push_str(CANONICAL_PREFIX);
+                        n.push_str(attr);
+                        n
+                    }
+                    None => name.to_owned(),
+                }),
             };
             entries.push((name, value));
         }
@@ -224,6 +225,24 @@ impl Raw {
     pub(crate) fn len(&self) -> usize {
         self.block.len()
     }
+}
+
+/// The herald name of a header herald itself writes, without allocating: the Kafka
+/// spelling of the CloudEvents attributes and the other well-known names.
+fn known_name(kafka: &str) -> Option<&'static str> {
+    Some(match kafka {
+        "ce_specversion" => names::CE_SPECVERSION,
+        "ce_type" => names::CE_TYPE,
+        "ce_source" => names::CE_SOURCE,
+        "ce_time" => names::CE_TIME,
+        "ce_subject" => names::CE_SUBJECT,
+        names::CONTENT_TYPE => names::CONTENT_TYPE,
+        names::TRACEPARENT => names::TRACEPARENT,
+        names::TRACESTATE => names::TRACESTATE,
+        names::CORRELATION_ID => names::CORRELATION_ID,
+        names::CAUSATION_ID => names::CAUSATION_ID,
+        _ => return None,
+    })
 }
 
 /// The id of a record that carries no `ce_id`: stable across redeliveries.
@@ -266,6 +285,39 @@ mod tests {
         h.iter()
             .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
             .collect()
+    }
+
+    /// The allocation-free names agree with the general rule (`ce_` → `ce-`, others
+    /// unchanged), and the general rule is what a name outside the table gets.
+    #[test]
+    fn known_names_follow_the_rule() {
+        for kafka in [
+            "ce_specversion",
+            "ce_type",
+            "ce_source",
+            "ce_time",
+            "ce_subject",
+            "content-type",
+            "traceparent",
+            "tracestate",
+            "correlation-id",
+            "causation-id",
+        ] {
+            let general = match kafka.strip_prefix(KAFKA_PREFIX) {
+                Some(attr) => format!("{CANONICAL_PREFIX}{attr}"),
+                None => kafka.to_owned(),
+            };
+            assert_eq!(known_name(kafka), Some(general.as_str()), "{kafka}");
+        }
+        assert_eq!(known_name("ce_dataschema"), None);
+        let raw = raw_from(
+            b"p",
+            None,
+            &[("ce_dataschema", Some(b"s")), ("ce_type", Some(b"t"))],
+        );
+        let m = raw.to_message("t", 0, 0);
+        assert_eq!(m.headers.get_str("ce-dataschema"), Some("s"));
+        assert_eq!(m.headers.get_str("ce-type"), Some("t"));
     }
 
     #[test]
