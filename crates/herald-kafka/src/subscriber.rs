@@ -3,15 +3,21 @@
 //!
 //! # How a subscription runs
 //! ```text
-//!  librdkafka ──fetch──▶ driver task ──channel──▶ Subscription stream ──▶ handler
-//!      ▲                   │  ▲                                            │
-//!      │ commit (async,    │  └── pause / resume (max_in_flight)           │ ack / nack
-//!      │ every interval)   ▼                                               ▼
-//!      └────────────── per-partition trackers ◀──────────────── done(offset)
+//!  librdkafka ──poll──▶ Subscription stream ──────────────────────────▶ handler
+//!      ▲    └──poll──▶ driver task (only while the stream does not poll)   │
+//!      │ commit (async,    │  └── pause / resume (max_in_flight)            │ ack / nack
+//!      │ every interval)   ▼                                                ▼
+//!      └────────────── per-partition trackers ◀───────────────── done(offset)
 //! ```
-//! * One driver task per subscription polls the consumer all the time (so rebalances
-//!   and `max.poll.interval.ms` are served even while handlers are busy), copies each
-//!   record once, records its offset as in flight, and hands it to the stream.
+//! * The subscription's stream polls librdkafka itself: a record is copied once and
+//!   handed to the handler on the handler's own task, with no hand-off between threads.
+//!   librdkafka wakes a waiting stream when its queue fills.
+//! * A driver task per subscription commits, and polls in the stream's place whenever
+//!   the stream has not polled for a check period (100 ms) — while joining, while
+//!   handlers are busy, or when nobody polls the subscription — so rebalances and
+//!   `max.poll.interval.ms` are always served. Both sides poll under one lock and queue
+//!   what they took in order, so records of a partition reach the handler in order
+//!   whichever side polled.
 //! * `ack` marks the offset done in its partition's tracker; the commit position is the
 //!   lowest contiguous done offset + 1, so a later offset is never committed while an
 //!   earlier one is unfinished. Every `commit_interval` (and after every `commit_every`
@@ -24,13 +30,13 @@
 //!   `attempt + 1`; its offset stays uncommitted meanwhile, so a crash redelivers it.
 //!   Younger messages of the partition keep flowing (their commits wait for it).
 //! * The stream never holds more than `max_in_flight` unsettled deliveries. At that
-//!   count the driver stops taking records (librdkafka's prefetch queue is bounded by
+//!   count nobody takes records (librdkafka's prefetch queue is bounded by
 //!   `queued.max.messages.kbytes`); if the subscription stays full for `pause_after`
 //!   (1 s), it pauses every assigned partition and polls again — so rebalances are
 //!   served and slow handlers never trip `max.poll.interval.ms` — and resumes once half
 //!   the deliveries have settled. (Pausing discards librdkafka's prefetched records,
 //!   which is why a brief stall does not pause.)
-//! * On revocation the driver synchronously commits what is done for the revoked
+//! * On revocation whichever side polled synchronously commits what is done for the revoked
 //!   partitions, then drops their trackers: late acks of revoked partitions commit
 //!   nothing (they return [`AckErrorKind::Closed`]) and their queued deliveries are
 //!   discarded — the new owner redelivers them.
@@ -966,9 +972,13 @@ async fn drive(
                     let was = takeover;
                     takeover = polls == last_polls && !parked;
                     last_polls = polls;
-                    if takeover && !was {
+                    if takeover {
+                        // Poll at least once a period even with nothing queued: polling is
+                        // what keeps the member within `max.poll.interval.ms`.
                         more = true;
-                        tracing::trace!(topic = %shared.topic, "the stream stopped polling; the driver polls");
+                        if !was {
+                            tracing::trace!(topic = %shared.topic, "the stream stopped polling; the driver polls");
+                        }
                     }
                 }
                 _ = shared.room.notified() => {

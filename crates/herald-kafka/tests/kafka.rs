@@ -490,3 +490,52 @@ async fn nacked_offset_stays_uncommitted() {
     d.ack().await.expect("ack");
     sub.close().await.expect("close");
 }
+
+/// A subscription that waits for records, or that nobody polls, for longer than
+/// `max.poll.interval.ms` stays in its group: herald keeps polling librdkafka (which
+/// would otherwise leave the group and report `MaxPollExceeded` on the next poll).
+/// Everything published meanwhile arrives in order, without an error.
+#[tokio::test]
+async fn an_unpolled_subscription_keeps_its_place_in_the_group() {
+    let topic = unique("hk-idle");
+    common::create_topic(&topic, 1).await;
+    let publisher = common::publisher().await;
+    let subscriber = KafkaSubscriber::builder(common::brokers().await)
+        .session_timeout(Duration::from_secs(6))
+        .max_poll_interval(Duration::from_secs(6))
+        .commit_interval(Duration::from_millis(200))
+        .build()
+        .expect("subscriber");
+    let mut sub = subscriber
+        .subscribe(SubscribeSpec::new(&topic, unique("g")))
+        .await
+        .expect("subscribe");
+    // Polled, with nothing to deliver, for 1.5 × max.poll.interval.ms: no error either.
+    match timeout(Duration::from_secs(9), sub.next()).await {
+        Err(_) => {}
+        Ok(Some(Ok(d))) => panic!("unexpected delivery at offset {:?}", d.origin.get("offset")),
+        Ok(Some(Err(e))) => panic!("the waiting subscription reported an error: {e}"),
+        Ok(None) => panic!("the subscription ended"),
+    }
+    let msgs: Vec<_> = (0..20)
+        .map(|i| Message::new(format!("m{i}")).with_key("k"))
+        .collect();
+    publisher.publish(&topic, msgs).await.expect("publish");
+    // Not polled for 1.5 × max.poll.interval.ms.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for i in 0..20 {
+        let d = next(&mut sub).await;
+        assert_eq!(&d.message.payload[..], format!("m{i}").as_bytes());
+        assert_eq!(d.attempt, 1);
+        d.ack().await.expect("ack");
+    }
+    // Nothing else is pending: no error item (a left group reports one) and no
+    // redelivery.
+    match timeout(Duration::from_secs(2), sub.next()).await {
+        Err(_) => {}
+        Ok(Some(Ok(d))) => panic!("unexpected delivery at offset {:?}", d.origin.get("offset")),
+        Ok(Some(Err(e))) => panic!("the subscription reported an error: {e}"),
+        Ok(None) => panic!("the subscription ended"),
+    }
+    sub.close().await.expect("close");
+}
