@@ -89,5 +89,5 @@ pub use router::{RouteConfig, Router, RouterError, Running};
 #[doc(inline)]
 pub use transport::{
     Acker, Delivery, Origin, Publisher, StartFrom, SubscribeSpec, Subscriber, Subscription,
-    dlq_topic,
+    dlq_topic, settled,
 };

@@ -1194,7 +1194,7 @@ impl Acker for KafkaAcker {
             Some(p) => self.shared.ack(p),
             None => Ok(()),
         };
-        Box::pin(std::future::ready(r))
+        herald_core::settled(r)
     }
 
     fn nack(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), AckError>> {
@@ -1202,7 +1202,7 @@ impl Acker for KafkaAcker {
             Some(p) => self.shared.nack(p, delay),
             None => Ok(()),
         };
-        Box::pin(std::future::ready(r))
+        herald_core::settled(r)
     }
 }
 

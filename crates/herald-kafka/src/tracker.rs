@@ -83,7 +83,13 @@ impl PartitionTracker {
             return false;
         }
         let mut s = self.lock();
-        if let Ok(i) = s.window.binary_search_by_key(&offset, |&(o, _)| o) {
+        // Acks mostly come in order: the oldest in flight needs no search.
+        let at = if s.window.front().is_some_and(|&(o, _)| o == offset) {
+            Some(0)
+        } else {
+            s.window.binary_search_by_key(&offset, |&(o, _)| o).ok()
+        };
+        if let Some(i) = at {
             s.window[i].1 = true;
             while let Some(&(o, true)) = s.window.front() {
                 s.window.pop_front();

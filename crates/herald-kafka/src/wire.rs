@@ -172,42 +172,50 @@ impl Raw {
             let Some(nl) = read_u32(pos) else { break };
             let name_at = pos + 4;
             let name_end = name_at + nl as usize;
-            let Some(name) = block
-                .get(name_at..name_end)
-                .and_then(|n| std::str::from_utf8(n).ok())
-            else {
+            let Some(name) = block.get(name_at..name_end) else {
                 break;
             };
             let Some(vl) = read_u32(name_end) else { break };
             let value_at = name_end + 4;
             let value = if vl == NULL {
                 pos = value_at;
-                Bytes::new()
+                value_at..value_at
             } else {
                 let end = value_at + vl as usize;
                 if end > block.len() {
                     break;
                 }
                 pos = end;
-                block.slice(value_at..end)
+                value_at..end
             };
-            if name == KAFKA_CE_ID
-                && let Ok(s) = std::str::from_utf8(&value)
+            if name == KAFKA_CE_ID.as_bytes()
+                && let Ok(s) = std::str::from_utf8(&block[value.clone()])
             {
                 id = Some(s.to_owned());
                 continue;
             }
+            // Well-known names are recognised on their bytes: no UTF-8 check, no copy.
             let name = match known_name(name) {
                 Some(n) => HeaderName::from_static(n),
-                None => HeaderName::from(match name.strip_prefix(KAFKA_PREFIX) {
-                    Some(attr) => {
-                        let mut n = String::with_capacity(name.len());
-                        n.push_str(CANONICAL_PREFIX);
-                        n.push_str(attr);
-                        n
-                    }
-                    None => name.to_owned(),
-                }),
+                None => {
+                    let Ok(name) = std::str::from_utf8(name) else {
+                        break;
+                    };
+                    HeaderName::from(match name.strip_prefix(KAFKA_PREFIX) {
+                        Some(attr) => {
+                            let mut n = String::with_capacity(name.len());
+                            n.push_str(CANONICAL_PREFIX);
+                            n.push_str(attr);
+                            n
+                        }
+                        None => name.to_owned(),
+                    })
+                }
+            };
+            let value = if value.is_empty() {
+                Bytes::new()
+            } else {
+                block.slice(value)
             };
             entries.push((name, value));
         }
@@ -229,18 +237,18 @@ impl Raw {
 
 /// The herald name of a header herald itself writes, without allocating: the Kafka
 /// spelling of the CloudEvents attributes and the other well-known names.
-fn known_name(kafka: &str) -> Option<&'static str> {
+fn known_name(kafka: &[u8]) -> Option<&'static str> {
     Some(match kafka {
-        "ce_specversion" => names::CE_SPECVERSION,
-        "ce_type" => names::CE_TYPE,
-        "ce_source" => names::CE_SOURCE,
-        "ce_time" => names::CE_TIME,
-        "ce_subject" => names::CE_SUBJECT,
-        names::CONTENT_TYPE => names::CONTENT_TYPE,
-        names::TRACEPARENT => names::TRACEPARENT,
-        names::TRACESTATE => names::TRACESTATE,
-        names::CORRELATION_ID => names::CORRELATION_ID,
-        names::CAUSATION_ID => names::CAUSATION_ID,
+        b"ce_specversion" => names::CE_SPECVERSION,
+        b"ce_type" => names::CE_TYPE,
+        b"ce_source" => names::CE_SOURCE,
+        b"ce_time" => names::CE_TIME,
+        b"ce_subject" => names::CE_SUBJECT,
+        b"content-type" => names::CONTENT_TYPE,
+        b"traceparent" => names::TRACEPARENT,
+        b"tracestate" => names::TRACESTATE,
+        b"correlation-id" => names::CORRELATION_ID,
+        b"causation-id" => names::CAUSATION_ID,
         _ => return None,
     })
 }
@@ -307,9 +315,13 @@ mod tests {
                 Some(attr) => format!("{CANONICAL_PREFIX}{attr}"),
                 None => kafka.to_owned(),
             };
-            assert_eq!(known_name(kafka), Some(general.as_str()), "{kafka}");
+            assert_eq!(
+                known_name(kafka.as_bytes()),
+                Some(general.as_str()),
+                "{kafka}"
+            );
         }
-        assert_eq!(known_name("ce_dataschema"), None);
+        assert_eq!(known_name(b"ce_dataschema"), None);
         let raw = raw_from(
             b"p",
             None,

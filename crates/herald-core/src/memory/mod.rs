@@ -647,12 +647,12 @@ impl Drop for MemoryAcker {
 impl Acker for MemoryAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), AckError>> {
         let r = self.settle(true, Duration::ZERO);
-        Box::pin(std::future::ready(r))
+        crate::settled(r)
     }
 
     fn nack(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), AckError>> {
         let r = self.settle(false, delay);
-        Box::pin(std::future::ready(r))
+        crate::settled(r)
     }
 }
 
