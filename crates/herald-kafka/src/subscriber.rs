@@ -103,7 +103,8 @@ pub const DEFAULT_PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// Default [`SubscriberSettings::close_timeout`]: 30 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How many records the driver moves per wake-up before it looks at timers again.
+/// The most records one poll round takes from librdkafka (under the fetch lock): the
+/// stream's per refill, the driver's per wake-up before it looks at its timers again.
 const DRAIN_BUDGET: usize = 128;
 
 /// What herald itself reads to run a subscription (librdkafka properties live in
@@ -123,8 +124,8 @@ pub struct SubscriberSettings {
     /// How long `close` waits for the final commit and leaving the group. Default 30 s.
     pub close_timeout: Duration,
     /// How long the subscription may stay full (`max_in_flight` unsettled) before its
-    /// partitions are paused. Until then the driver simply stops taking records
-    /// (librdkafka's prefetch queue is bounded); pausing also lets it poll again, so
+    /// partitions are paused. Until then nobody takes records (librdkafka's prefetch
+    /// queue is bounded); pausing also lets herald poll again, so
     /// rebalances are served while handlers are slow, at the price of refetching what
     /// librdkafka had prefetched. Default 1 s.
     pub pause_after: Duration,
