@@ -439,6 +439,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn well_known_header_names_are_not_copied() {
+        let borrowed = |n: &HeaderName| matches!(n.0, Cow::Borrowed(_));
+        // From any `&str`, however short-lived, a well-known name becomes the constant.
+        let owned_text = String::from("ce-type");
+        assert!(borrowed(&HeaderName::from(owned_text.as_str())));
+        assert!(borrowed(&HeaderName::from(&owned_text)));
+        assert!(borrowed(&HeaderName::from(Cow::Borrowed("traceparent"))));
+        assert!(!borrowed(&HeaderName::from("x-tenant")));
+        // Whatever the representation, names compare and look up by their text.
+        assert_eq!(
+            HeaderName::from("ce-type"),
+            HeaderName::from(owned_text.clone())
+        );
+        let mut h = Headers::new();
+        h.append(owned_text, "a");
+        h.append("x-tenant", "t");
+        assert_eq!(h.get_str(names::CE_TYPE), Some("a"));
+        assert_eq!(h.get_str("x-tenant"), Some("t"));
+        for name in [
+            names::CE_TYPE,
+            names::CE_SOURCE,
+            names::CE_SPECVERSION,
+            names::CE_TIME,
+            names::CE_SUBJECT,
+            names::CONTENT_TYPE,
+            names::TRACEPARENT,
+            names::TRACESTATE,
+            names::CORRELATION_ID,
+            names::CAUSATION_ID,
+        ] {
+            assert_eq!(names::well_known(name), Some(name));
+        }
+        assert_eq!(
+            names::well_known(names::CE_ID),
+            None,
+            "the id is not a header"
+        );
+    }
+
+    #[test]
     fn headers_are_an_ordered_multimap() {
         let mut h = Headers::new();
         h.append("a", "1");
