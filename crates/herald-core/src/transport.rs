@@ -12,6 +12,7 @@ use std::{
 };
 
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
+use smallvec::SmallVec;
 
 use crate::{AckError, Message, PublishError, SubscribeError};
 
@@ -144,8 +145,9 @@ impl SubscribeSpec {
 pub struct Origin {
     /// The topic (shared: an adapter hands out one allocation for all its deliveries).
     pub topic: Arc<str>,
-    /// Named position values, e.g. `[("partition", 3), ("offset", 42)]`.
-    pub position: Vec<(&'static str, i64)>,
+    /// Named position values, e.g. `[("partition", 3), ("offset", 42)]`. Held inline for
+    /// up to three (every adapter's positions fit): no allocation per delivery.
+    pub position: SmallVec<[(&'static str, i64); 3]>,
 }
 
 impl Origin {
@@ -153,7 +155,7 @@ impl Origin {
     pub fn new(topic: impl Into<Arc<str>>) -> Self {
         Self {
             topic: topic.into(),
-            position: Vec::new(),
+            position: SmallVec::new(),
         }
     }
 
